@@ -1,0 +1,266 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/plugin/kprom"
+	"github.com/twmb/franz-go/plugin/kslog"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/notifyd/notifyd/internal/admin"
+	"github.com/notifyd/notifyd/internal/broker"
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/pipeline"
+	"github.com/notifyd/notifyd/internal/postgres"
+	"github.com/notifyd/notifyd/internal/retry"
+)
+
+type logFlags struct {
+	LogLevel  string `name:"log-level" env:"NOTIFYD_LOG_LEVEL" default:"info" enum:"debug,info,warn,error" help:"Log level: debug, info, warn or error."`
+	LogFormat string `name:"log-format" env:"NOTIFYD_LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json."`
+}
+
+func (f logFlags) logger() *slog.Logger {
+	var lv slog.Level
+	_ = lv.UnmarshalText([]byte(f.LogLevel))
+	opts := &slog.HandlerOptions{Level: lv}
+	if f.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+type kafkaFlags struct {
+	Brokers []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka bootstrap brokers, comma-separated; empty starts the embedded broker on 127.0.0.1:9092."`
+	Topic   string   `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Input topic."`
+}
+
+type runCmd struct {
+	kafkaFlags
+	dbFlags
+	logFlags
+
+	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"notifyd" help:"Consumer group."`
+	DLQTopic      string        `name:"dlq-topic" env:"NOTIFYD_DLQ_TOPIC" help:"Dead-letter topic; empty means <topic>.dlq."`
+	BatchSize     int           `name:"batch-size" env:"NOTIFYD_BATCH_SIZE" default:"100" help:"Buffered messages that trigger a write; ready batches coalesce while a write runs."`
+	FlushInterval time.Duration `name:"flush-interval" env:"NOTIFYD_FLUSH_INTERVAL" default:"5s" help:"Longest a message waits for its batch to fill; a batch is written sooner once the consumer has caught up."`
+	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"127.0.0.1:9464" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
+	DataDir       string        `name:"data-dir" env:"NOTIFYD_DATA_DIR" default:"./notifyd-data" help:"Where the embedded broker keeps its data."`
+
+	InstanceID     string        `name:"instance-id" env:"NOTIFYD_INSTANCE_ID" help:"Static group membership id (stable per instance, e.g. the pod name): a restarted instance takes its partitions back without a rebalance."`
+	SessionTimeout time.Duration `name:"session-timeout" env:"NOTIFYD_SESSION_TIMEOUT" default:"6s" help:"Group session timeout: how long a crashed instance's partitions wait before moving."`
+	StartOffset    string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"earliest" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
+
+	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"10000" help:"Messages read but not yet written, at most; fetching pauses at the bound."`
+	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"16777216" help:"Key and value bytes read but not yet written, at most."`
+	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"30s" help:"Longest the final write may take on shutdown."`
+
+	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"3" help:"Retries of a failed write before the breaker counts a failure."`
+	RetryInitial     time.Duration `name:"retry-initial-backoff" env:"NOTIFYD_RETRY_INITIAL_BACKOFF" default:"100ms" help:"First wait before a retry; doubles each retry."`
+	RetryMax         time.Duration `name:"retry-max-backoff" env:"NOTIFYD_RETRY_MAX_BACKOFF" default:"5s" help:"Longest wait between retries."`
+	BreakerThreshold int           `name:"breaker-threshold" env:"NOTIFYD_BREAKER_THRESHOLD" default:"5" help:"Consecutive failed writes that open the database circuit breaker."`
+	BreakerTimeout   time.Duration `name:"breaker-timeout" env:"NOTIFYD_BREAKER_TIMEOUT" default:"1s" help:"How long the breaker stays open before it lets a probe through."`
+
+	MaxEventTypeBytes int `name:"max-event-type-bytes" env:"NOTIFYD_MAX_EVENT_TYPE_BYTES" default:"64" help:"Longest event_type, in bytes."`
+	MaxTitleChars     int `name:"max-title-chars" env:"NOTIFYD_MAX_TITLE_CHARS" default:"256" help:"Longest title, in characters."`
+	MaxBodyChars      int `name:"max-body-chars" env:"NOTIFYD_MAX_BODY_CHARS" default:"4096" help:"Longest body, in characters."`
+	MaxDataBytes      int `name:"max-data-bytes" env:"NOTIFYD_MAX_DATA_BYTES" default:"16384" help:"Largest data object, in bytes as sent."`
+}
+
+func (c *runCmd) Help() string {
+	return `notifyd run consumes the input topic, validates each message, and writes
+batches to PostgreSQL with exactly-once effect; bad messages go to the
+dead-letter topic with the reason.
+
+Examples:
+  notifyd run                                     # embedded broker, local PostgreSQL
+  notifyd run --brokers kafka1:9092,kafka2:9092 --database-url postgres://notifyd@db/app
+  NOTIFYD_BATCH_SIZE=500 notifyd run --log-format json`
+}
+
+func (c *runCmd) pipelineConfig() pipeline.Config {
+	return pipeline.Config{
+		Topic: c.Topic, DLQTopic: c.DLQTopic, Group: c.Group,
+		BatchSize: c.BatchSize, FlushInterval: c.FlushInterval,
+		MaxBufferedRows: c.MaxBufferedRows, MaxBufferedBytes: c.MaxBufferedBytes,
+		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout,
+		Limits: notification.Limits{
+			MaxEventTypeBytes: c.MaxEventTypeBytes, MaxTitleChars: c.MaxTitleChars,
+			MaxBodyChars: c.MaxBodyChars, MaxDataBytes: c.MaxDataBytes,
+		},
+		Retry:   retry.Policy{Retries: retriesSetting(c.RetryMaxRetries), Initial: c.RetryInitial, Max: c.RetryMax},
+		Breaker: retry.BreakerConfig{Threshold: c.BreakerThreshold, Timeout: c.BreakerTimeout},
+	}
+}
+
+// retriesSetting maps the flag (0 means none) to the policy (0 means the default).
+func retriesSetting(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
+}
+
+// validate checks every setting before anything starts, naming each bad one.
+func (c *runCmd) validate() error {
+	var errs []error
+	positive := func(name string, v int) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s: must be at least 1, got %d", name, v))
+		}
+	}
+	positiveD := func(name string, v time.Duration) {
+		if v <= 0 {
+			errs = append(errs, fmt.Errorf("--%s: must be positive, got %s", name, v))
+		}
+	}
+	positive("batch-size", c.BatchSize)
+	positive("max-buffered-rows", c.MaxBufferedRows)
+	positive("max-buffered-bytes", c.MaxBufferedBytes)
+	positive("breaker-threshold", c.BreakerThreshold)
+	positive("max-event-type-bytes", c.MaxEventTypeBytes)
+	positive("max-title-chars", c.MaxTitleChars)
+	positive("max-body-chars", c.MaxBodyChars)
+	positive("max-data-bytes", c.MaxDataBytes)
+	positive("db-max-conns", int(c.DBMaxConns))
+	positiveD("flush-interval", c.FlushInterval)
+	positiveD("shutdown-timeout", c.ShutdownTimeout)
+	positiveD("retry-initial-backoff", c.RetryInitial)
+	positiveD("retry-max-backoff", c.RetryMax)
+	positiveD("breaker-timeout", c.BreakerTimeout)
+	if c.RetryMaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("--retry-max-retries: must be 0 or more, got %d", c.RetryMaxRetries))
+	}
+	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--session-timeout: must be between 6s and 5m (the brokers' usual bounds), got %s", c.SessionTimeout))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("--topic: must not be empty"))
+	}
+	if c.Group == "" {
+		errs = append(errs, errors.New("--group: must not be empty"))
+	}
+	for _, b := range c.Brokers {
+		if !strings.Contains(b, ":") {
+			errs = append(errs, fmt.Errorf("--brokers: %q has no port (want host:port)", b))
+		}
+	}
+	if err := c.pipelineConfig().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.config().Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--database-url: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *runCmd) Run(ctx context.Context) error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("bad settings:\n%w", err)
+	}
+	log := c.logger()
+	cfg := c.pipelineConfig()
+	dlqTopic := cfg.DLQTopic
+	if dlqTopic == "" {
+		dlqTopic = c.Topic + ".dlq"
+	}
+
+	brokers := c.Brokers
+	if len(brokers) == 0 {
+		emb, err := broker.Start(broker.Config{
+			DataDir: c.DataDir, Topics: []string{c.Topic, dlqTopic}, Partitions: 3,
+			Logger: log.With("component", "broker"),
+		})
+		if err != nil {
+			return err
+		}
+		defer emb.Close()
+		brokers = emb.Addrs()
+		log.Info("embedded broker started; any Kafka client can produce to it",
+			"addr", strings.Join(brokers, ","), "data_dir", c.DataDir,
+			"try", fmt.Sprintf(`echo '{"user_id":"%s","event_type":"comment.created","title":"Hi","body":"Hello"}' | kcat -P -b %s -t %s`,
+				"6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11", brokers[0], c.Topic))
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kp := kprom.NewMetrics("notifyd", kprom.Registerer(reg), kprom.Gatherer(reg))
+
+	store, err := postgres.Open(ctx, c.config())
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	v, err := store.Migrate(ctx)
+	if err != nil {
+		return err
+	}
+	log.Info("database ready", "database", store.String(), "schema_version", v)
+
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(brokers...),
+		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithHooks(kp),
+		kgo.SessionTimeout(c.SessionTimeout),
+		kgo.HeartbeatInterval(c.SessionTimeout / 4),
+	}
+	if c.InstanceID != "" {
+		opts = append(opts, kgo.InstanceID(c.InstanceID))
+	}
+	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.WithLogger(kslog.New(log.With("component", "kafka"))))
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	// The dead-letter topic must exist before a bad message arrives; the
+	// input topic is the producers' business when a cluster is given.
+	err = broker.EnsureTopics(ctx, kadm.NewClient(adm), 3, dlqTopic)
+	adm.Close()
+	if err != nil {
+		return err
+	}
+
+	p, err := pipeline.New(cfg, store, log, reg, opts...)
+	if err != nil {
+		return err
+	}
+	poolStats := newPoolCollector(store)
+	reg.MustRegister(poolStats)
+
+	g, gctx := errgroup.WithContext(ctx)
+	var srv *admin.Server
+	if c.MetricsAddr != "" {
+		srv, err = admin.Listen(c.MetricsAddr, reg, p.Ready)
+		if err != nil {
+			return err
+		}
+		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
+		g.Go(srv.Serve)
+	}
+	g.Go(func() error {
+		defer func() {
+			if srv != nil {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = srv.Shutdown(sctx)
+			}
+		}()
+		log.Info("consuming", "topic", c.Topic, "group", c.Group, "dlq_topic", dlqTopic,
+			"batch_size", c.BatchSize, "flush_interval", c.FlushInterval)
+		return p.Run(gctx)
+	})
+	err = g.Wait()
+	if err == nil {
+		log.Info("stopped cleanly")
+	}
+	return err
+}

@@ -1,0 +1,69 @@
+package notification
+
+// MEASUREMENTS_PLACEHOLDER
+
+import (
+	"testing"
+	"time"
+)
+
+// benchMessages are realistic record values, 300 to 1500 bytes: a bare
+// message, one with every optional field and a small data object, one in
+// several scripts with raw and escaped non-ASCII text, and a large one with a
+// nested data object and unknown fields from a newer producer.
+var benchMessages = []struct {
+	name  string
+	value string
+}{
+	{"minimal", `{"user_id":"3f2b8c1e-6a4d-4e7b-9c0a-1d2e3f4a5b6c","event_type":"order.shipped",` +
+		`"title":"Your order #48213 has shipped",` +
+		`"body":"Good news! Your order #48213 left our warehouse this morning and is on its way. ` +
+		`Track it any time from the Orders page; we'll let you know when it is out for delivery.",` +
+		`"created_at":"2025-03-14T09:26:53.589793Z"}`},
+	{"with_data", `{"id":"8d6f0f0c-2a57-4c4e-b1a4-52c5d3c2a9e1","user_id":"3f2b8c1e-6a4d-4e7b-9c0a-1d2e3f4a5b6c",` +
+		`"event_type":"payment.failed","title":"We couldn't process your payment",` +
+		`"body":"Your card ending in 4242 was declined when we tried to renew your Pro subscription. ` +
+		`Please update your payment method within 7 days to keep your plan.",` +
+		`"created_at":"2025-03-14T09:26:53.589793238+01:00",` +
+		`"data":{"invoice_id":"in_1OqZ3k2eZvKYlo2C","amount":1999,"currency":"EUR","attempt":2,` +
+		`"retry_at":"2025-03-16T09:00:00Z","card":{"brand":"visa","last4":"4242"},"url":"https://example.com/billing"}}`},
+	{"unicode", `{"id":"c9a646d3-9c61-4cb0-bb3e-2a4b0b5d7e11","user_id":"0e7c2d9a-51f3-4b8e-a6d4-9f1b2c3d4e5f",` +
+		`"event_type":"chat:message","title":"Новое сообщение от Анны 💬",` +
+		`"body":"Anna: Привет! Ты придёшь завтра на встречу? 会议在下午三点开始。\n` +
+		`Αν δεν μπορείς, πες μου 🙏 \u00e9t\u00e9 \ud83d\ude00 — «ok»",` +
+		`"created_at":"2025-03-14T22:05:00+03:00",` +
+		`"data":{"thread":"t_9f8e7d","from":{"id":"u_1234","name":"Анна Петрова"},"preview":"Привет! Ты придёшь…"}}`},
+	{"large", `{"id":"5b8f3c2a-7d1e-4f6a-9b0c-3e2d1f4a5b6c","user_id":"a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",` +
+		`"event_type":"report.ready","title":"Your weekly analytics report is ready",` +
+		`"body":"Your report for the week of 3 to 9 March is ready. Visits are up 12% on last week, ` +
+		`with most of the growth from organic search. Three pages crossed 10,000 views for the first time. ` +
+		`Open the report to see the breakdown by channel, country and device, and to export it as CSV or PDF.",` +
+		`"created_at":"2025-03-10T06:00:00Z","schema_version":3,"producer":{"name":"reports","version":"2.14.1"},` +
+		`"trace":{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","sampled":true},` +
+		`"data":{"report_id":"rpt_20250310_weekly","period":{"from":"2025-03-03","to":"2025-03-09"},` +
+		`"metrics":{"visits":48213,"visits_change":0.12,"bounce_rate":0.413,"avg_session_s":184.6},` +
+		`"top_pages":[{"path":"/pricing","views":12873},{"path":"/blog/launch","views":11204},` +
+		`{"path":"/docs/getting-started","views":10052}],"channels":{"organic":0.46,"direct":0.28,` +
+		`"referral":0.16,"social":0.1},"links":{"web":"https://example.com/reports/rpt_20250310_weekly",` +
+		`"csv":"https://example.com/reports/rpt_20250310_weekly.csv"},"tags":["weekly","analytics","auto"]}}`},
+}
+
+// BenchmarkDecode measures Decode on each of benchMessages.
+func BenchmarkDecode(b *testing.B) {
+	src := Source{Topic: "notifications", Partition: 3, Offset: 1234567, Timestamp: time.Unix(1741944413, 589793238)}
+	for _, bm := range benchMessages {
+		value := []byte(bm.value)
+		if _, err := Decode(value, src, Limits{}); err != nil {
+			b.Fatalf("%s: %v", bm.name, err)
+		}
+		b.Run(bm.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(value)))
+			for b.Loop() {
+				if _, err := Decode(value, src, Limits{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

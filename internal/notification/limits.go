@@ -1,0 +1,61 @@
+package notification
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Default limits, from SPEC section 1.
+const (
+	DefaultMaxEventTypeBytes = 64
+	DefaultMaxTitleChars     = 256
+	DefaultMaxBodyChars      = 4096
+	DefaultMaxDataBytes      = 16 << 10
+)
+
+// Limits bounds the size of a notification's fields. The zero value means the
+// defaults, and so does each zero field.
+type Limits struct {
+	// MaxEventTypeBytes bounds event_type, in bytes. Default 64.
+	MaxEventTypeBytes int
+	// MaxTitleChars bounds title, in characters (code points). Default 256.
+	MaxTitleChars int
+	// MaxBodyChars bounds body, in characters (code points). Default 4096.
+	MaxBodyChars int
+	// MaxDataBytes bounds data, in bytes of JSON as sent. Default 16384.
+	MaxDataBytes int
+}
+
+// Validate reports every negative field, by name. Decode itself uses the
+// default for any field that is not positive, so it never rejects a whole
+// topic because of a bad setting; call Validate at start-up instead.
+func (l Limits) Validate() error {
+	var errs []error
+	check := func(name string, v, def int) {
+		if v < 0 {
+			errs = append(errs, fmt.Errorf("limit %s is %d: want 0 (the default, %d) or more", name, v, def))
+		}
+	}
+	check("MaxEventTypeBytes", l.MaxEventTypeBytes, DefaultMaxEventTypeBytes)
+	check("MaxTitleChars", l.MaxTitleChars, DefaultMaxTitleChars)
+	check("MaxBodyChars", l.MaxBodyChars, DefaultMaxBodyChars)
+	check("MaxDataBytes", l.MaxDataBytes, DefaultMaxDataBytes)
+	return errors.Join(errs...)
+}
+
+// withDefaults returns l with every field that is not positive set to its
+// default.
+func (l Limits) withDefaults() Limits {
+	def := func(v, d int) int {
+		if v <= 0 {
+			return d
+		}
+		return v
+	}
+	return Limits{
+		MaxEventTypeBytes: def(l.MaxEventTypeBytes, DefaultMaxEventTypeBytes),
+		MaxTitleChars:     def(l.MaxTitleChars, DefaultMaxTitleChars),
+		MaxBodyChars:      def(l.MaxBodyChars, DefaultMaxBodyChars),
+		MaxDataBytes:      def(l.MaxDataBytes, DefaultMaxDataBytes),
+	}
+}

@@ -1,0 +1,113 @@
+package pipeline
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/retry"
+)
+
+// Config configures a Pipeline. Zero fields mean the defaults.
+type Config struct {
+	Topic    string // input topic; "" means notifications
+	DLQTopic string // dead-letter topic; "" means Topic + ".dlq"
+	Group    string // consumer group; "" means notifyd
+
+	// BatchSize is the number of buffered messages that triggers a write;
+	// 0 means 100. While a write is running, ready batches coalesce into
+	// the next, larger write, up to MaxBufferedRows.
+	BatchSize int
+	// FlushInterval is the longest a message waits for its batch to fill;
+	// 0 means 5 s. A batch is written sooner when the consumer has caught
+	// up with every partition it holds: nothing more is coming to fill it.
+	FlushInterval time.Duration
+	// MaxBufferedRows and MaxBufferedBytes bound what is read but not yet
+	// written; at the bound, fetching stops until a write completes. 0
+	// means 10,000 messages and 16 MiB of keys and values.
+	MaxBufferedRows  int
+	MaxBufferedBytes int
+
+	// StartOffset is where a partition with no stored position starts:
+	// "earliest" (the default) or "latest".
+	StartOffset string
+
+	// ShutdownTimeout bounds the final write on shutdown; 0 means 30 s.
+	ShutdownTimeout time.Duration
+
+	Limits  notification.Limits
+	Retry   retry.Policy
+	Breaker retry.BreakerConfig
+}
+
+func (c Config) withDefaults() Config {
+	if c.Topic == "" {
+		c.Topic = "notifications"
+	}
+	if c.DLQTopic == "" {
+		c.DLQTopic = c.Topic + ".dlq"
+	}
+	if c.Group == "" {
+		c.Group = "notifyd"
+	}
+	if c.BatchSize == 0 {
+		c.BatchSize = 100
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 5 * time.Second
+	}
+	if c.MaxBufferedRows == 0 {
+		c.MaxBufferedRows = max(10_000, 2*c.BatchSize)
+	}
+	if c.MaxBufferedBytes == 0 {
+		c.MaxBufferedBytes = 16 << 20
+	}
+	if c.StartOffset == "" {
+		c.StartOffset = "earliest"
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	return c
+}
+
+// Validate reports settings that cannot work, naming them as the command
+// line does.
+func (c Config) Validate() error {
+	var errs []error
+	if c.BatchSize < 0 {
+		errs = append(errs, fmt.Errorf("batch-size: must be at least 1, got %d", c.BatchSize))
+	}
+	if c.FlushInterval < 0 {
+		errs = append(errs, fmt.Errorf("flush-interval: must be positive, got %s", c.FlushInterval))
+	}
+	if c.MaxBufferedRows < 0 {
+		errs = append(errs, fmt.Errorf("max-buffered-rows: must be at least 1, got %d", c.MaxBufferedRows))
+	}
+	if c.MaxBufferedBytes < 0 {
+		errs = append(errs, fmt.Errorf("max-buffered-bytes: must be at least 1, got %d", c.MaxBufferedBytes))
+	}
+	if d := c.withDefaults(); d.MaxBufferedRows < d.BatchSize {
+		errs = append(errs, fmt.Errorf("max-buffered-rows: %d is below batch-size %d", d.MaxBufferedRows, d.BatchSize))
+	}
+	if c.StartOffset != "" && c.StartOffset != "earliest" && c.StartOffset != "latest" {
+		errs = append(errs, fmt.Errorf("start-offset: must be earliest or latest, got %q", c.StartOffset))
+	}
+	if c.ShutdownTimeout < 0 {
+		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
+	}
+	if d := c.withDefaults(); d.DLQTopic == d.Topic {
+		errs = append(errs, fmt.Errorf("dlq-topic: must differ from topic %q", d.Topic))
+	}
+	if err := c.Limits.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Retry.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("retry: %w", err))
+	}
+	if err := c.Breaker.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("breaker: %w", err))
+	}
+	return errors.Join(errs...)
+}

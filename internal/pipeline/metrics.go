@@ -1,0 +1,94 @@
+package pipeline
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the pipeline's Prometheus collectors. Labels are few and
+// bounded: class, trigger, state and partition.
+type metrics struct {
+	consumed       prometheus.Counter
+	stored         prometheus.Counter
+	duplicates     prometheus.Counter
+	deadLetters    *prometheus.CounterVec
+	retries        *prometheus.CounterVec
+	writes         *prometheus.CounterVec
+	fenced         prometheus.Counter
+	breakerState   prometheus.Gauge
+	batchSize      prometheus.Histogram
+	flushSeconds   prometheus.Histogram
+	e2eSeconds     prometheus.Histogram
+	bufferedRows   prometheus.Gauge
+	bufferedBytes  prometheus.Gauge
+	assigned       prometheus.Gauge
+	storedPosition *prometheus.GaugeVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	if reg == nil {
+		reg = prometheus.NewRegistry() // counted but not exported
+	}
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &metrics{
+		consumed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_messages_consumed_total", Help: "Messages read from the input topic.",
+		}),
+		stored: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_rows_stored_total", Help: "Notifications written to the table.",
+		}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_duplicates_skipped_total", Help: "Valid messages skipped because their id was already stored.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notifyd_dead_letters_total", Help: "Messages sent to the dead-letter topic, by class (decode, validate, store).",
+		}, []string{"class"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notifyd_retries_total", Help: "Retried operations after a transient failure, by target (database, dlq, offsets).",
+		}, []string{"target"}),
+		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "notifyd_batch_writes_total", Help: "Batch writes started, by what triggered them (size, age, idle, shutdown).",
+		}, []string{"trigger"}),
+		fenced: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_fenced_partitions_total", Help: "Partitions whose write was refused because another writer had moved them; they are re-read from the stored position.",
+		}),
+		breakerState: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "notifyd_breaker_state", Help: "Database circuit breaker: 0 closed, 1 half-open, 2 open.",
+		}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "notifyd_batch_size", Help: "Messages per committed write.",
+			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
+		}),
+		flushSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "notifyd_flush_duration_seconds", Help: "Time to commit one batch to the database, from begin to commit.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
+		}),
+		e2eSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "notifyd_end_to_end_latency_seconds", Help: "From a record's timestamp to the commit of its row.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}),
+		bufferedRows: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "notifyd_buffered_messages", Help: "Messages read and not yet committed.",
+		}),
+		bufferedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "notifyd_buffered_bytes", Help: "Key and value bytes of messages read and not yet committed.",
+		}),
+		assigned: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "notifyd_assigned_partitions", Help: "Input partitions this instance holds.",
+		}),
+		storedPosition: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "notifyd_stored_offset", Help: "Next offset to read of each held partition, as committed in the database.",
+		}, []string{"partition"}),
+	}
+	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.deadLetters, m.retries,
+		m.writes, m.fenced, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
+		m.bufferedBytes, m.assigned, m.storedPosition} {
+		f(c)
+	}
+	for _, class := range []string{"decode", "validate", "store"} {
+		m.deadLetters.WithLabelValues(class)
+	}
+	for _, t := range []string{"database", "dlq"} {
+		m.retries.WithLabelValues(t)
+	}
+	return m
+}

@@ -1,0 +1,312 @@
+// Package postgres is notifyd's PostgreSQL store: the schema and its
+// migrations, the consumer positions, and the bulk write path that commits
+// rows and positions in one transaction.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+		"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/retry"
+)
+
+// Config configures a Store. The zero value uses the local server as libpq
+// finds it, with user postgres when none is given.
+type Config struct {
+	// URL is a libpq connection string or URL. Empty means the PG*
+	// environment variables and libpq's defaults.
+	URL string
+	// MaxConns bounds the pool; 0 means 4.
+	MaxConns int32
+}
+
+// Validate reports a setting that cannot work.
+func (c Config) Validate() error {
+	if c.MaxConns < 0 {
+		return fmt.Errorf("max conns must be at least 1, got %d", c.MaxConns)
+	}
+	if _, err := c.poolConfig(); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (c Config) poolConfig() (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(c.URL)
+	if err != nil {
+		// pgx errors quote the connection string, which may hold a password.
+		return nil, errors.New("database url: cannot be parsed (expected postgres://user@host:port/db or key=value pairs)")
+	}
+	if c.URL == "" && os.Getenv("PGUSER") == "" {
+		pc.ConnConfig.User = "postgres"
+		if os.Getenv("PGDATABASE") == "" {
+			pc.ConnConfig.Database = "postgres"
+		}
+	}
+	pc.MaxConns = c.MaxConns
+	if pc.MaxConns == 0 {
+		pc.MaxConns = 4
+	}
+	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	return pc, nil
+}
+
+// Store writes notifications and consumer positions to PostgreSQL.
+type Store struct {
+	pool *pgxpool.Pool
+	desc string
+}
+
+// Open connects a pool and checks that the server answers.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	pc, err := cfg.poolConfig()
+	if err != nil {
+		return nil, err
+	}
+	cc := pc.ConnConfig
+	desc := fmt.Sprintf("postgres://%s@%s/%s", cc.User, hostPort(cc.Host, cc.Port), cc.Database)
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", desc, err)
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := pool.Ping(pingCtx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("connect to %s: %w", desc, err)
+	}
+	return &Store{pool: pool, desc: desc}, nil
+}
+
+func hostPort(host string, port uint16) string {
+	if len(host) > 0 && host[0] == '/' {
+		return host + ":" + strconv.Itoa(int(port)) // a unix socket directory
+	}
+	return host + ":" + strconv.Itoa(int(port))
+}
+
+// String names the database without credentials, for logs.
+func (s *Store) String() string { return s.desc }
+
+// Pool is the connection pool, for metrics and health checks.
+func (s *Store) Pool() *pgxpool.Pool { return s.pool }
+
+// Close closes the pool.
+func (s *Store) Close() { s.pool.Close() }
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.pool.Ping(ctx) }
+
+// NoOffset is the stored position of a partition none of whose records has
+// been written yet.
+const NoOffset int64 = -1
+
+// Claim makes sure each partition has a position row and returns the stored
+// positions: the offset of the next record to read, or NoOffset.
+func (s *Store) Claim(ctx context.Context, group, topic string, partitions []int32) (map[int32]int64, error) {
+	rows, err := s.pool.Query(ctx, `
+		WITH ins AS (
+			INSERT INTO notifyd_offsets (consumer_group, topic, partition, next_offset)
+			SELECT $1, $2, p, -1 FROM unnest($3::int[]) AS p
+			ON CONFLICT DO NOTHING
+		)
+		SELECT partition, next_offset FROM notifyd_offsets
+		WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)`,
+		group, topic, partitions)
+	if err != nil {
+		return nil, fmt.Errorf("load offsets of %s: %w", topic, err)
+	}
+	out := make(map[int32]int64, len(partitions))
+	var p int32
+	var off int64
+	_, err = pgx.ForEachRow(rows, []any{&p, &off}, func() error {
+		out[p] = off
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load offsets of %s: %w", topic, err)
+	}
+	for _, p := range partitions {
+		if _, ok := out[p]; !ok {
+			// The row was inserted by this statement's CTE, which the
+			// outer SELECT's snapshot cannot see.
+			out[p] = NoOffset
+		}
+	}
+	return out, nil
+}
+
+// Range is the part of one partition that a batch covers: the stored
+// position it expects (From) and the position it stores (To).
+type Range struct {
+	Partition int32
+	From, To  int64
+}
+
+// Batch is one transaction's worth of work.
+type Batch struct {
+	Group, Topic string
+	Ranges       []Range
+	Rows         []notification.Notification
+}
+
+// Rejected is a row the database refused for its data.
+type Rejected struct {
+	Index int   // into Batch.Rows
+	Err   error // the database's reason
+}
+
+// Result is what a committed write did.
+type Result struct {
+	Inserted   int // rows stored
+	Duplicates int // rows skipped because their id was already stored
+	Rejected   int // rows dead-lettered by the reject callback
+	Statements int // insert statements run, including isolation of bad rows
+}
+
+// FencedError reports partitions whose stored position was not the one the
+// batch expected: another writer has moved them since they were loaded.
+// Nothing was written.
+type FencedError struct {
+	Partitions []int32
+}
+
+func (e *FencedError) Error() string {
+	return fmt.Sprintf("partitions %v moved by another writer since they were loaded", e.Partitions)
+}
+
+// Write commits the batch's rows and its ranges' positions in one
+// transaction. Rows whose id is already stored are skipped. If the database
+// rejects rows for their data, Write finds them by bisection inside the
+// transaction, hands them to reject (which must make them durable elsewhere,
+// or fail), and commits the rest. A range whose stored position is not its
+// From fails the whole write with *FencedError.
+func (s *Store) Write(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
+	res, err := s.write(ctx, b, false, reject)
+	if err != nil && retry.IsDataError(err) {
+		// A row the database refuses aborts the transaction; run it again,
+		// this time isolating the bad rows behind savepoints. The common
+		// path pays for no savepoints.
+		res, err = s.write(ctx, b, true, reject)
+	}
+	return res, err
+}
+
+func (s *Store) write(ctx context.Context, b *Batch, isolate bool, reject func(context.Context, []Rejected) error) (res Result, err error) {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if err := s.advance(ctx, tx, b); err != nil {
+		return res, err
+	}
+	var bad []Rejected
+	if isolate {
+		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, &res)
+	} else {
+		var n int64
+		n, err = insertRows(ctx, tx, b.Rows)
+		res.Statements++
+		res.Inserted = int(n)
+	}
+	if err != nil {
+		return res, fmt.Errorf("insert %d rows: %w", len(b.Rows), err)
+	}
+	if len(bad) > 0 {
+		if err := reject(ctx, bad); err != nil {
+			return res, fmt.Errorf("dead-letter %d rejected rows: %w", len(bad), err)
+		}
+		res.Rejected = len(bad)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return res, fmt.Errorf("commit: %w", err)
+	}
+	res.Duplicates = len(b.Rows) - res.Rejected - res.Inserted
+	return res, nil
+}
+
+// advance moves the batch's partitions from From to To, taking their row
+// locks, so that a concurrent writer of the same partition waits and then
+// finds the position moved.
+func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
+	parts := make([]int32, len(b.Ranges))
+	froms := make([]int64, len(b.Ranges))
+	tos := make([]int64, len(b.Ranges))
+	for i, r := range b.Ranges {
+		parts[i], froms[i], tos[i] = r.Partition, r.From, r.To
+	}
+	rows, err := tx.Query(ctx, `
+		UPDATE notifyd_offsets o SET next_offset = v.to_off, updated_at = now()
+		FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(p, from_off, to_off)
+		WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.from_off
+		RETURNING o.partition`, b.Group, b.Topic, parts, froms, tos)
+	if err != nil {
+		return fmt.Errorf("advance offsets: %w", err)
+	}
+	moved, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return fmt.Errorf("advance offsets: %w", err)
+	}
+	if len(moved) == len(parts) {
+		return nil
+	}
+	ok := make(map[int32]bool, len(moved))
+	for _, p := range moved {
+		ok[p] = true
+	}
+	fe := &FencedError{}
+	for _, p := range parts {
+		if !ok[p] {
+			fe.Partitions = append(fe.Partitions, p)
+		}
+	}
+	return fe
+}
+
+// insertIsolating inserts rows behind a savepoint; when the database rejects
+// them for their data it splits them in halves and recurses, so k bad rows
+// among n cost about 2k·log2(n/k) statements.
+func (s *Store) insertIsolating(ctx context.Context, tx pgx.Tx, rows []notification.Notification, base int, res *Result) ([]Rejected, error) {
+	sp, err := tx.Begin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	n, err := insertRows(ctx, sp, rows)
+	res.Statements++
+	if err == nil {
+		res.Inserted += int(n)
+		return nil, sp.Commit(ctx)
+	}
+	if rbErr := sp.Rollback(ctx); rbErr != nil {
+		return nil, rbErr
+	}
+	if !retry.IsDataError(err) {
+		return nil, err
+	}
+	if len(rows) == 1 {
+		return []Rejected{{Index: base, Err: err}}, nil
+	}
+	mid := len(rows) / 2
+	left, err := s.insertIsolating(ctx, tx, rows[:mid], base, res)
+	if err != nil {
+		return nil, err
+	}
+	right, err := s.insertIsolating(ctx, tx, rows[mid:], base+mid, res)
+	if err != nil {
+		return nil, err
+	}
+	return append(left, right...), nil
+}

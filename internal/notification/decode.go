@@ -3,6 +3,7 @@ package notification
 import (
 	"bytes"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -67,8 +68,9 @@ func invalidUTF8(b []byte) int {
 // assembles the notification.
 func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notification, *Error) {
 	var n Notification
+	texts := s.texts(m)
 
-	id, ok, err := s.stringField(m, fieldID, false)
+	id, ok, err := s.stringField(m, &texts, fieldID, false)
 	if err != nil {
 		return n, err
 	}
@@ -85,7 +87,7 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 		n.ID = DerivedID(src.Topic, src.Partition, src.Offset)
 	}
 
-	userID, _, err := s.stringField(m, fieldUserID, true)
+	userID, _, err := s.stringField(m, &texts, fieldUserID, true)
 	if err != nil {
 		return n, err
 	}
@@ -96,28 +98,28 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 		return n, invalid(fieldUserID, "is the nil UUID, which is no user")
 	}
 
-	if n.EventType, _, err = s.stringField(m, fieldEventType, true); err != nil {
+	if n.EventType, _, err = s.stringField(m, &texts, fieldEventType, true); err != nil {
 		return n, err
 	}
 	if err := checkEventType(n.EventType, lim.MaxEventTypeBytes); err != nil {
 		return n, err
 	}
 
-	if n.Title, _, err = s.stringField(m, fieldTitle, true); err != nil {
+	if n.Title, _, err = s.stringField(m, &texts, fieldTitle, true); err != nil {
 		return n, err
 	}
 	if err := checkChars(fieldTitle, n.Title, 1, lim.MaxTitleChars); err != nil {
 		return n, err
 	}
 
-	if n.Body, _, err = s.stringField(m, fieldBody, true); err != nil {
+	if n.Body, _, err = s.stringField(m, &texts, fieldBody, true); err != nil {
 		return n, err
 	}
 	if err := checkChars(fieldBody, n.Body, 0, lim.MaxBodyChars); err != nil {
 		return n, err
 	}
 
-	createdAt, ok, err := s.stringField(m, fieldCreatedAt, false)
+	createdAt, ok, err := s.stringField(m, &texts, fieldCreatedAt, false)
 	if err != nil {
 		return n, err
 	}
@@ -141,7 +143,7 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 // stringField returns the string value of member f, and whether it has one. Absent
 // and null are the same: an error when the member is required, no value when
 // it is optional.
-func (s *scanner) stringField(m *[numFields]member, f int, required bool) (string, bool, *Error) {
+func (s *scanner) stringField(m *[numFields]member, texts *[numFields]string, f int, required bool) (string, bool, *Error) {
 	mem := &m[f]
 	switch {
 	case !mem.present || mem.kind == 'n':
@@ -158,7 +160,37 @@ func (s *scanner) stringField(m *[numFields]member, f int, required bool) (strin
 		return "", false, invalid(f, "contains a NUL character (\\u0000 at byte "+strconv.Itoa(mem.nul)+
 			"), which PostgreSQL cannot store in text")
 	}
-	return s.text(mem.raw), true, nil
+	return texts[f], true, nil
+}
+
+// texts returns the unescaped strings of the known members that are strings,
+// "" for the others. A notification's strings live and die together, so they
+// share one allocation.
+func (s *scanner) texts(m *[numFields]member) [numFields]string {
+	size := 0
+	for f := range m {
+		if m[f].present && m[f].kind == '"' {
+			size += m[f].raw.end - m[f].raw.start
+		}
+	}
+	var b strings.Builder
+	// Unescaping never makes a string longer.
+	b.Grow(size)
+	var ends [numFields]int
+	for f := range m {
+		if m[f].present && m[f].kind == '"' {
+			s.unescape(&b, m[f].raw)
+		}
+		ends[f] = b.Len()
+	}
+	all := b.String()
+	var texts [numFields]string
+	start := 0
+	for f, end := range ends {
+		texts[f] = all[start:end]
+		start = end
+	}
+	return texts
 }
 
 // data returns a copy of the object of "data", or nil when there is none.

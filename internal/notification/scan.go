@@ -552,16 +552,26 @@ func (s *scanner) ws() {
 	}
 }
 
-// text returns the string sp holds, unescaped. The scanner has checked its
-// escapes already.
+// text returns the string sp holds, unescaped.
 func (s *scanner) text(sp span) string {
-	raw := s.buf[sp.start:sp.end]
 	if !sp.escaped {
-		return string(raw)
+		return string(s.buf[sp.start:sp.end])
 	}
 	var b strings.Builder
 	// Unescaping never makes a string longer, so one allocation does.
-	b.Grow(len(raw))
+	b.Grow(sp.end - sp.start)
+	s.unescape(&b, sp)
+	return b.String()
+}
+
+// unescape writes the string sp holds to b, unescaped. The scanner has
+// checked its escapes already.
+func (s *scanner) unescape(b *strings.Builder, sp span) {
+	raw := s.buf[sp.start:sp.end]
+	if !sp.escaped {
+		b.Write(raw)
+		return
+	}
 	for i := 0; i < len(raw); {
 		if raw[i] != '\\' {
 			j := bytes.IndexByte(raw[i:], '\\')
@@ -598,7 +608,6 @@ func (s *scanner) text(sp span) string {
 			b.WriteByte(c)
 		}
 	}
-	return b.String()
 }
 
 // syntax returns a decode error for the problem what at byte offset at.

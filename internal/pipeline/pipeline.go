@@ -326,24 +326,42 @@ func (p *Pipeline) maybeFlush(emptyPoll bool) {
 }
 
 func (p *Pipeline) trigger(emptyPoll bool) string {
-	if p.rows == 0 {
-		return ""
-	}
-	if p.rows >= p.cfg.BatchSize {
-		return "size"
-	}
-	if time.Since(p.oldest) >= p.cfg.FlushInterval {
-		return "age"
-	}
-	if emptyPoll {
-		return "idle"
-	}
-	for _, ps := range p.parts {
-		if len(ps.entries) > 0 && !ps.caught {
-			return ""
+	caught := emptyPoll
+	if !caught {
+		caught = true
+		for _, ps := range p.parts {
+			if len(ps.entries) > 0 && !ps.caught {
+				caught = false
+				break
+			}
 		}
 	}
-	return "idle"
+	return policy{size: p.cfg.BatchSize, interval: p.cfg.FlushInterval}.trigger(p.rows, time.Since(p.oldest), caught)
+}
+
+// policy decides when buffered messages are written.
+type policy struct {
+	size     int
+	interval time.Duration
+}
+
+// trigger names why n buffered messages, the oldest read age ago, should be
+// written now, or returns "" to keep buffering. caughtUp says that nothing
+// more is waiting to be read: every partition with buffered messages was
+// read to its end, or the last poll found nothing. Waiting would then only
+// add latency, since no message is coming to fill the batch.
+func (pl policy) trigger(n int, age time.Duration, caughtUp bool) string {
+	switch {
+	case n == 0:
+		return ""
+	case n >= pl.size:
+		return "size"
+	case age >= pl.interval:
+		return "age"
+	case caughtUp:
+		return "idle"
+	}
+	return ""
 }
 
 // assigned loads the stored positions of newly assigned partitions and

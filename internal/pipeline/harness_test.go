@@ -1,0 +1,349 @@
+package pipeline
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/pgtest"
+	"github.com/notifyd/notifyd/internal/postgres"
+)
+
+// env is a test's world: a kfake cluster with the input and dead-letter
+// topics, and a migrated store on a schema of its own.
+type env struct {
+	t       testing.TB
+	cluster *kfake.Cluster
+	addrs   []string
+	url     string
+	store   *postgres.Store
+	prod    *kgo.Client
+	cfg     Config
+}
+
+const testTopic = "notifications"
+
+func newEnv(t testing.TB, opts ...kfake.Opt) *env {
+	t.Helper()
+	opts = append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(3, testTopic, testTopic+".dlq")}, opts...)
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	e := &env{t: t, cluster: c, addrs: c.ListenAddrs()}
+	e.url = pgtest.Schema(t)
+	e.store = e.openStore()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(e.addrs...), kgo.DefaultProduceTopic(testTopic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(prod.Close)
+	e.prod = prod
+	e.cfg = Config{Topic: testTopic, Group: "g", FlushInterval: 200 * time.Millisecond}
+	return e
+}
+
+func (e *env) openStore() *postgres.Store {
+	e.t.Helper()
+	st, err := postgres.Open(context.Background(), postgres.Config{URL: e.url})
+	if err != nil {
+		e.t.Fatalf("open store: %v", err)
+	}
+	e.t.Cleanup(st.Close)
+	if _, err := st.Migrate(context.Background()); err != nil {
+		e.t.Fatalf("migrate: %v", err)
+	}
+	return st
+}
+
+// running is a pipeline running in the background.
+type running struct {
+	p      *Pipeline
+	reg    *prometheus.Registry
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// start runs a pipeline with e.cfg, stopped when the test ends.
+func (e *env) start(opts ...kgo.Opt) *running {
+	e.t.Helper()
+	reg := prometheus.NewRegistry()
+	opts = append([]kgo.Opt{kgo.SeedBrokers(e.addrs...), kgo.SessionTimeout(6 * time.Second),
+		kgo.HeartbeatInterval(500 * time.Millisecond)}, opts...)
+	p, err := New(e.cfg, e.store, testLogger(e.t), reg, opts...)
+	if err != nil {
+		e.t.Fatalf("new pipeline: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- p.Run(ctx) }()
+	e.t.Cleanup(func() { r.stop(e.t) })
+	return r
+}
+
+// stop shuts the pipeline down and returns Run's error.
+func (r *running) stop(t testing.TB) error {
+	r.cancel()
+	select {
+	case err, ok := <-r.done:
+		if ok {
+			close(r.done)
+		}
+		return err
+	case <-time.After(60 * time.Second):
+		t.Fatalf("pipeline did not stop within 60s")
+		return nil
+	}
+}
+
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("NOTIFYD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// msg is a valid message's fields, as the test sends them.
+type msg struct {
+	ID        string          `json:"id,omitempty"`
+	UserID    string          `json:"user_id"`
+	EventType string          `json:"event_type"`
+	Title     string          `json:"title"`
+	Body      string          `json:"body"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	CreatedAt string          `json:"created_at,omitempty"`
+}
+
+func newMsg(i int) msg {
+	return msg{
+		ID:        uuid.NewString(),
+		UserID:    uuid.NewString(),
+		EventType: "comment.created",
+		Title:     fmt.Sprintf("title %d ✓", i),
+		Body:      fmt.Sprintf("body of message %d — ünïcödé", i),
+		Data:      json.RawMessage(fmt.Sprintf(`{"n": %d, "tags": ["a", "b"]}`, i)),
+		CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, i*1000, time.UTC).Format(time.RFC3339Nano),
+	}
+}
+
+func (m msg) value() []byte {
+	b, err := json.Marshal(m)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// produce sends values to partition part and waits for the acks.
+func (e *env) produce(part int32, values ...[]byte) {
+	e.t.Helper()
+	recs := make([]*kgo.Record, len(values))
+	for i, v := range values {
+		recs[i] = &kgo.Record{Topic: testTopic, Partition: part, Value: v}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		e.t.Fatalf("produce: %v", err)
+	}
+}
+
+// produceMsgs sends msgs round-robin over the 3 partitions.
+func (e *env) produceMsgs(msgs []msg) {
+	e.t.Helper()
+	recs := make([]*kgo.Record, len(msgs))
+	for i, m := range msgs {
+		recs[i] = &kgo.Record{Topic: testTopic, Partition: int32(i % 3), Value: m.value()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := e.prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		e.t.Fatalf("produce: %v", err)
+	}
+}
+
+func (e *env) count() int {
+	e.t.Helper()
+	var n int
+	if err := e.store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM notifications").Scan(&n); err != nil {
+		e.t.Fatalf("count: %v", err)
+	}
+	return n
+}
+
+// waitRows waits until the table holds want rows, and fails if it does not
+// within d.
+func (e *env) waitRows(want int, d time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		n := e.count()
+		if n == want {
+			return
+		}
+		if n > want {
+			e.t.Fatalf("table holds %d rows, want %d", n, want)
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("table holds %d rows after %s, want %d", n, d, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// row is a stored notification, read back for comparison.
+type row struct {
+	ID, UserID, EventType, Title, Body string
+	Data                               *string
+	CreatedAt                          time.Time
+}
+
+// checkTable asserts that the table holds exactly msgs, field by field.
+func (e *env) checkTable(msgs []msg) {
+	e.t.Helper()
+	rows, err := e.store.Pool().Query(context.Background(),
+		"SELECT id::text, user_id::text, event_type, title, body, data::text, created_at FROM notifications")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	got := map[string]row{}
+	for rows.Next() {
+		var r row
+		if err := rows.Scan(&r.ID, &r.UserID, &r.EventType, &r.Title, &r.Body, &r.Data, &r.CreatedAt); err != nil {
+			e.t.Fatal(err)
+		}
+		got[r.ID] = r
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	if len(got) != len(msgs) {
+		e.t.Fatalf("table holds %d rows, want %d", len(got), len(msgs))
+	}
+	for _, m := range msgs {
+		r, ok := got[m.ID]
+		if !ok {
+			e.t.Fatalf("row %s missing", m.ID)
+		}
+		if r.UserID != m.UserID || r.EventType != m.EventType || r.Title != m.Title || r.Body != m.Body {
+			e.t.Fatalf("row %s: got %+v, want %+v", m.ID, r, m)
+		}
+		want, _ := time.Parse(time.RFC3339Nano, m.CreatedAt)
+		if !r.CreatedAt.Equal(want.Truncate(time.Microsecond)) {
+			e.t.Fatalf("row %s created_at: got %s, want %s", m.ID, r.CreatedAt, want)
+		}
+		if !sameJSON(r.Data, m.Data) {
+			e.t.Fatalf("row %s data: got %v, want %s", m.ID, r.Data, m.Data)
+		}
+	}
+}
+
+func sameJSON(got *string, want json.RawMessage) bool {
+	if got == nil || len(want) == 0 {
+		return got == nil && len(want) == 0
+	}
+	var a, b any
+	if json.Unmarshal([]byte(*got), &a) != nil || json.Unmarshal(want, &b) != nil {
+		return false
+	}
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	return string(ja) == string(jb)
+}
+
+// storedOffsets reads the positions committed in the database.
+func (e *env) storedOffsets() map[int32]int64 {
+	e.t.Helper()
+	rows, err := e.store.Pool().Query(context.Background(),
+		"SELECT partition, next_offset FROM notifyd_offsets WHERE topic = $1", testTopic)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	out := map[int32]int64{}
+	for rows.Next() {
+		var p int32
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			e.t.Fatal(err)
+		}
+		out[p] = o
+	}
+	return out
+}
+
+// deadLetters reads every record of the dead-letter topic.
+func (e *env) deadLetters(want int, d time.Duration) []*kgo.Record {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.addrs...), kgo.ConsumeTopics(testTopic+".dlq"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	var out []*kgo.Record
+	deadline := time.Now().Add(d)
+	for len(out) < want && time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		fs := cl.PollFetches(ctx)
+		cancel()
+		fs.EachRecord(func(r *kgo.Record) { out = append(out, r) })
+	}
+	sort.Slice(out, func(i, j int) bool {
+		return string(out[i].Value) < string(out[j].Value)
+	})
+	return out
+}
+
+// metric reads one counter or gauge value from the registry.
+func (r *running) metric(name string, labels ...string) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		panic(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for i := 0; i+1 < len(labels); i += 2 {
+				found := false
+				for _, lp := range m.GetLabel() {
+					if lp.GetName() == labels[i] && lp.GetValue() == labels[i+1] {
+						found = true
+					}
+				}
+				if !found {
+					continue next
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
+
+var _ = notification.ClassDecode
+var _ sync.Mutex

@@ -186,7 +186,8 @@ func (s *scanner) top(m *[numFields]member) *Error {
 		} else if err := s.member(&m[f], f == fieldData); err != nil {
 			return err
 		}
-		s.field.end = -1
+		// A problem right after the value is still told as in its member:
+		// that is where a person would look.
 		s.ws()
 		if s.pos >= len(s.buf) {
 			return s.unexpected("',' or '}' after a member")
@@ -194,9 +195,11 @@ func (s *scanner) top(m *[numFields]member) *Error {
 		switch s.buf[s.pos] {
 		case ',':
 			s.pos++
+			s.field.end = -1
 			s.ws()
 		case '}':
 			s.pos++
+			s.field.end = -1
 			return s.end()
 		default:
 			return s.unexpected("',' or '}' after a member")

@@ -39,6 +39,11 @@ type Config struct {
 	Limits  notification.Limits
 	Retry   retry.Policy
 	Breaker retry.BreakerConfig
+
+	// OnCommit, if not nil, is called after each committed write with the
+	// timestamps of the batch's records and how long the write took. It
+	// runs on the writer's goroutine: keep it short. For benchmarks.
+	OnCommit func(stamps []time.Time, took time.Duration)
 }
 
 func (c Config) withDefaults() Config {

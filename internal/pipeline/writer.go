@@ -216,6 +216,9 @@ func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result,
 	p.log.Debug("batch committed", "messages", len(b.stamps), "stored", res.Inserted, "duplicates", res.Duplicates,
 		"dead_letters", len(b.dead)+res.Rejected, "took", took, "trigger", b.trigger)
 	p.commitKafka(ctx, pos, false)
+	if p.cfg.OnCommit != nil {
+		p.cfg.OnCommit(b.stamps, took)
+	}
 }
 
 // fence handles partitions another writer moved: their stored positions

@@ -67,9 +67,12 @@ func NewBreaker(cfg BreakerConfig, onChange func(from, to State)) *Breaker {
 		ReadyToTrip: func(c gobreaker.Counts) bool {
 			return c.ConsecutiveFailures >= uint32(cfg.Threshold)
 		},
+		// Only cancellation is excluded: a deadline exceeded is how a
+		// database that hangs (or a route that drops packets) fails, and
+		// it must open the breaker like a refused connection does.
 		IsExcluded: func(err error) bool {
 			var ex *excludedError
-			return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ex)
+			return errors.Is(err, context.Canceled) || errors.As(err, &ex)
 		},
 	}
 	if onChange != nil {

@@ -1,0 +1,83 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/notifyd/notifyd/internal/bench"
+)
+
+type benchCmd struct {
+	Brokers     []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka brokers to benchmark against; empty uses an embedded broker."`
+	DatabaseURL string        `name:"database-url" env:"NOTIFYD_DATABASE_URL,DATABASE_URL" help:"PostgreSQL to benchmark against; empty uses the local server. The benchmark works in a schema of its own and drops it."`
+	Messages    int           `name:"messages" default:"200000" help:"Preloaded messages drained end to end."`
+	Rate        int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
+	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
+	JSON        bool          `name:"json" help:"Print the result as one JSON object."`
+	logFlags
+}
+
+func (c *benchCmd) Help() string {
+	return `Measures, in one run on this machine: the raw binary COPY rate of the
+benchmark's rows (the sink's limit); the drain rate and peak memory of a real
+'notifyd run' over --messages preloaded notifications with default settings;
+and end-to-end latency (record timestamp to commit) at --rate msg/s.
+
+Examples:
+  notifyd bench
+  notifyd bench --json --messages 500000
+  notifyd bench --brokers kafka:9092 --database-url postgres://bench@db/bench`
+}
+
+func (c *benchCmd) Run(ctx context.Context) error {
+	var errs []error
+	if c.Messages < 1 {
+		errs = append(errs, fmt.Errorf("--messages: must be at least 1, got %d", c.Messages))
+	}
+	if c.Rate < 1 || c.Rate > 1_000_000 {
+		errs = append(errs, fmt.Errorf("--rate: must be between 1 and 1000000, got %d", c.Rate))
+	}
+	if c.Duration < time.Second {
+		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("bad settings:\n%w", err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	log := c.logger()
+	res, err := bench.Run(ctx, bench.Config{
+		Messages: c.Messages, Rate: c.Rate, Duration: c.Duration,
+		Brokers: c.Brokers, DatabaseURL: c.DatabaseURL, Executable: exe, Log: log,
+	})
+	if err != nil {
+		return err
+	}
+	if c.JSON {
+		enc := json.NewEncoder(os.Stdout)
+		return enc.Encode(res)
+	}
+	fmt.Printf(`notifyd bench (%s, %d CPUs, %s)
+  COPY limit (same rows, same database)  %10.0f rows/s
+  end-to-end drain of %d messages    %10.0f msg/s  (%.2f × COPY limit, %.1f s)
+  batches during the drain               %10.0f       (mean %.0f messages)
+  batch flush during the drain           p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  end-to-end latency at %d msg/s       p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  batch flush at %d msg/s              p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  peak RSS of notifyd run                %10.1f MB
+`, res.Date, res.CPUs, res.GoVersion,
+		res.CopyLimitRowsPerSec,
+		res.Messages, res.MsgsPerSec, res.RatioToCopyLimit, res.Seconds,
+		res.DrainBatches, res.DrainMeanBatchSize,
+		res.FlushMs.P50, res.FlushMs.P95, res.FlushMs.P99,
+		res.LatencyOfferedRate, res.E2ELatencyMs.P50, res.E2ELatencyMs.P95, res.E2ELatencyMs.P99,
+		res.LatencyOfferedRate, res.SteadyFlushMs.P50, res.SteadyFlushMs.P95, res.SteadyFlushMs.P99,
+		res.PeakRSSMB)
+	return nil
+}

@@ -1,0 +1,844 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"reflect"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+	"unicode/utf16"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/internal/dlq"
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/pgtest"
+)
+
+const (
+	inputTopic = "notifications"
+	dlqTopic   = "notifications.dlq"
+	partitions = 3
+)
+
+// world is what a test runs notifyd against: an in-process kfake cluster
+// with the input and dead-letter topics, a fresh database schema, a
+// producer, and the record of everything sent.
+type world struct {
+	t     testing.TB
+	addrs []string
+	url   string
+	pool  *pgxpool.Pool
+	prod  *kgo.Client
+	gen   *generator
+
+	mu      sync.Mutex
+	valid   map[string]*expected // by id
+	invalid map[srcPos]invalidMsg
+	resent  int // valid messages sent again with the same id (producer retries)
+}
+
+// srcPos is a record's place in the input topic.
+type srcPos struct {
+	partition int32
+	offset    int64
+}
+
+// expected is the row a valid message must become.
+type expected struct {
+	id, userID, eventType, title, body string
+	data                               []byte // as sent; nil when absent or null
+	createdAt                          time.Time
+
+	value    []byte // the record value, for resending
+	resend   bool   // has an id and created_at: a resend is the same row
+	derived  bool   // the id is derived from the record's position
+	recordTS bool   // created_at is the record's timestamp
+}
+
+// invalidMsg is a message that must reach the dead-letter topic.
+type invalidMsg struct {
+	kind  string
+	value []byte
+}
+
+func newWorld(t testing.TB, seed uint64) *world {
+	t.Helper()
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, inputTopic, dlqTopic))
+	if err != nil {
+		t.Fatalf("kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	w := &world{
+		t:       t,
+		addrs:   c.ListenAddrs(),
+		url:     pgtest.Schema(t),
+		gen:     newGenerator(seed),
+		valid:   map[string]*expected{},
+		invalid: map[srcPos]invalidMsg{},
+	}
+	w.pool, err = pgxpool.New(context.Background(), w.url)
+	if err != nil {
+		t.Fatalf("open pool: %v", err)
+	}
+	t.Cleanup(w.pool.Close)
+	w.prod, err = kgo.NewClient(kgo.SeedBrokers(w.addrs...), kgo.DefaultProduceTopic(inputTopic),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.prod.Close)
+	return w
+}
+
+// runArgs are the arguments of `notifyd run` against w, then extra.
+func (w *world) runArgs(group string, extra ...string) []string {
+	return append([]string{"run",
+		"--brokers", strings.Join(w.addrs, ","),
+		"--database-url", w.url,
+		"--metrics-addr", "",
+		"--group", group,
+		"--session-timeout", "6s",
+	}, extra...)
+}
+
+// produce sends n messages, about invalidShare of them invalid, to random
+// partitions, and records what each must become. It returns the number of
+// valid messages sent. It may be called from any goroutine.
+func (w *world) produce(ctx context.Context, n int, invalidShare float64) (int, error) {
+	type pending struct {
+		exp *expected
+		inv invalidMsg
+	}
+	recs := make([]*kgo.Record, n)
+	meta := make([]pending, n)
+	w.mu.Lock()
+	for i := range recs {
+		part := int32(w.gen.rng.IntN(partitions))
+		// Kafka keeps milliseconds; an explicit timestamp makes the
+		// created_at of messages without one predictable.
+		ts := time.UnixMilli(time.Now().UnixMilli() - int64(w.gen.rng.IntN(86_400_000)))
+		r := &kgo.Record{Topic: inputTopic, Partition: part, Timestamp: ts}
+		switch {
+		case w.gen.rng.Float64() < invalidShare:
+			meta[i].inv = w.gen.invalid()
+			r.Value = meta[i].inv.value
+			if r.Value == nil {
+				r.Key = []byte("tombstone") // a null value, not an empty one
+			}
+		case w.gen.rng.IntN(40) == 0 && w.resendable() != nil:
+			// A producer's retry: the same message again, same id.
+			e := w.resendable()
+			meta[i].exp = e
+			r.Value = e.value
+		default:
+			meta[i].exp = w.gen.valid()
+			r.Value = meta[i].exp.value
+		}
+		if w.gen.rng.IntN(4) == 0 {
+			r.Key = []byte("user-" + strconv.Itoa(w.gen.rng.IntN(100)))
+		}
+		recs[i] = r
+	}
+	w.mu.Unlock()
+
+	if err := w.prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		return 0, err
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	valid := 0
+	for i, r := range recs {
+		m := meta[i]
+		if m.exp == nil {
+			w.invalid[srcPos{r.Partition, r.Offset}] = m.inv
+			continue
+		}
+		valid++
+		if m.exp.id != "" {
+			if _, ok := w.valid[m.exp.id]; ok {
+				w.resent++
+				continue
+			}
+		}
+		if m.exp.derived {
+			m.exp.id = notification.DerivedID(inputTopic, r.Partition, r.Offset).String()
+		}
+		if m.exp.recordTS {
+			m.exp.createdAt = r.Timestamp.UTC().Truncate(time.Microsecond)
+		}
+		w.valid[m.exp.id] = m.exp
+	}
+	return valid, nil
+}
+
+// resendable returns an already sent message whose resend is the same row.
+// w.mu is held.
+func (w *world) resendable() *expected {
+	for _, e := range w.valid { // map order: random enough
+		if e.resend {
+			return e
+		}
+	}
+	return nil
+}
+
+// mustProduce is produce for the test goroutine.
+func (w *world) mustProduce(n int, invalidShare float64) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := w.produce(ctx, n, invalidShare); err != nil {
+		w.t.Fatalf("produce: %v", err)
+	}
+}
+
+func (w *world) wantRows() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.valid)
+}
+
+func (w *world) count() int {
+	w.t.Helper()
+	var n int
+	err := w.pool.QueryRow(context.Background(), "SELECT count(*) FROM notifications").Scan(&n)
+	if err != nil {
+		if strings.Contains(err.Error(), "does not exist") {
+			return 0 // not migrated yet
+		}
+		w.t.Fatalf("count rows: %v", err)
+	}
+	return n
+}
+
+// endOffsets are the input partitions' end offsets.
+func (w *world) endOffsets() map[int32]int64 {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(w.prod).ListEndOffsets(ctx, inputTopic)
+	if err != nil {
+		w.t.Fatalf("list end offsets: %v", err)
+	}
+	out := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+	return out
+}
+
+// storedOffsets are the positions notifyd committed in the database.
+func (w *world) storedOffsets(group string) map[int32]int64 {
+	w.t.Helper()
+	rows, err := w.pool.Query(context.Background(),
+		"SELECT partition, next_offset FROM notifyd_offsets WHERE consumer_group = $1 AND topic = $2", group, inputTopic)
+	if err != nil {
+		w.t.Fatalf("read offsets: %v", err)
+	}
+	defer rows.Close()
+	out := map[int32]int64{}
+	for rows.Next() {
+		var p int32
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			w.t.Fatal(err)
+		}
+		out[p] = o
+	}
+	if err := rows.Err(); err != nil {
+		w.t.Fatal(err)
+	}
+	return out
+}
+
+// waitDrained waits until every valid message sent has a row and the
+// stored positions reach the end of every partition.
+func (w *world) waitDrained(group string, d time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(d)
+	ends := w.endOffsets()
+	want := w.wantRows()
+	for {
+		n := w.count()
+		if n > want {
+			w.t.Fatalf("table holds %d rows, more than the %d valid messages sent", n, want)
+		}
+		if n == want && reflect.DeepEqual(w.storedOffsets(group), ends) {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("after %s: %d of %d rows, stored offsets %v, end offsets %v", d, n, want, w.storedOffsets(group), ends)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// checkTable asserts that the table holds exactly one row per valid message
+// sent, with exactly its content, and nothing else.
+func (w *world) checkTable() {
+	w.t.Helper()
+	rows, err := w.pool.Query(context.Background(),
+		"SELECT id::text, user_id::text, event_type, title, body, data::text, created_at FROM notifications")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer rows.Close()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	seen := map[string]bool{}
+	bad := 0
+	for rows.Next() {
+		var id, userID, eventType, title, body string
+		var data *string
+		var createdAt time.Time
+		if err := rows.Scan(&id, &userID, &eventType, &title, &body, &data, &createdAt); err != nil {
+			w.t.Fatal(err)
+		}
+		seen[id] = true
+		e, ok := w.valid[id]
+		var problem string
+		switch {
+		case !ok:
+			problem = "no valid message has this id"
+		case userID != e.userID:
+			problem = fmt.Sprintf("user_id: got %s, want %s", userID, e.userID)
+		case eventType != e.eventType:
+			problem = fmt.Sprintf("event_type: got %q, want %q", eventType, e.eventType)
+		case title != e.title:
+			problem = fmt.Sprintf("title: got %q, want %q", title, e.title)
+		case body != e.body:
+			problem = fmt.Sprintf("body: got %q, want %q", body, e.body)
+		case !createdAt.Equal(e.createdAt):
+			problem = fmt.Sprintf("created_at: got %s, want %s", createdAt.UTC().Format(time.RFC3339Nano), e.createdAt.Format(time.RFC3339Nano))
+		case !sameJSON(data, e.data):
+			problem = fmt.Sprintf("data: got %v, want %s", deref(data), e.data)
+		}
+		if problem != "" {
+			bad++
+			if bad <= 10 {
+				w.t.Errorf("row %s: %s", id, problem)
+			}
+		}
+	}
+	if err := rows.Err(); err != nil {
+		w.t.Fatal(err)
+	}
+	missing := 0
+	for id := range w.valid {
+		if !seen[id] {
+			missing++
+			if missing <= 10 {
+				w.t.Errorf("row %s missing", id)
+			}
+		}
+	}
+	if bad > 0 || missing > 0 {
+		w.t.Fatalf("table: %d rows, %d wrong, %d missing; want %d rows", len(seen), bad, missing, len(w.valid))
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return "NULL"
+	}
+	return *s
+}
+
+// sameJSON reports whether the stored jsonb is the JSON sent: jsonb keeps
+// neither whitespace nor key order, so they are compared as values.
+func sameJSON(got *string, want []byte) bool {
+	if got == nil || want == nil {
+		return got == nil && want == nil
+	}
+	var a, b any
+	if json.Unmarshal([]byte(*got), &a) != nil || json.Unmarshal(want, &b) != nil {
+		return false
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// checkOffsets asserts that the stored positions are the partitions' ends.
+func (w *world) checkOffsets(group string) {
+	w.t.Helper()
+	got, want := w.storedOffsets(group), w.endOffsets()
+	if !reflect.DeepEqual(got, want) {
+		w.t.Fatalf("stored offsets: got %v, want the end offsets %v", got, want)
+	}
+}
+
+// checkDeadLetters asserts that every invalid message sent is in the
+// dead-letter topic, unchanged, with its source headers, and that nothing
+// else is. It returns how many dead letters were duplicates.
+func (w *world) checkDeadLetters() (dups int) {
+	w.t.Helper()
+	w.mu.Lock()
+	want := maps.Clone(w.invalid)
+	w.mu.Unlock()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(w.addrs...), kgo.ConsumeTopics(dlqTopic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ends, err := kadm.NewClient(cl).ListEndOffsets(ctx, dlqTopic)
+	if err != nil {
+		w.t.Fatalf("list dead-letter end offsets: %v", err)
+	}
+	total := int64(0)
+	ends.Each(func(o kadm.ListedOffset) { total += o.Offset })
+
+	got := map[srcPos]int{}
+	var read int64
+	for read < total && ctx.Err() == nil {
+		fs := cl.PollFetches(ctx)
+		fs.EachRecord(func(r *kgo.Record) {
+			read++
+			h := func(k string) string { v, _ := dlq.Header(r, k); return v }
+			part, err1 := strconv.ParseInt(h(dlq.HeaderSourcePartition), 10, 32)
+			off, err2 := strconv.ParseInt(h(dlq.HeaderSourceOffset), 10, 64)
+			if err1 != nil || err2 != nil || h(dlq.HeaderSourceTopic) != inputTopic {
+				w.t.Errorf("dead letter at %d/%d: bad source headers %v", r.Partition, r.Offset, r.Headers)
+				return
+			}
+			pos := srcPos{int32(part), off}
+			inv, ok := want[pos]
+			if !ok {
+				w.t.Errorf("dead letter of %d/%d: no invalid message was sent there (value %q, error %q)",
+					pos.partition, pos.offset, r.Value, h(dlq.HeaderError))
+				return
+			}
+			if !bytes.Equal(r.Value, inv.value) {
+				w.t.Errorf("dead letter of %d/%d (%s): value got %q, want %q", pos.partition, pos.offset, inv.kind, r.Value, inv.value)
+			}
+			if c := h(dlq.HeaderClass); c != "decode" && c != "validate" {
+				w.t.Errorf("dead letter of %d/%d (%s): class got %q, want decode or validate", pos.partition, pos.offset, inv.kind, c)
+			}
+			if h(dlq.HeaderError) == "" {
+				w.t.Errorf("dead letter of %d/%d (%s): no %s header", pos.partition, pos.offset, inv.kind, dlq.HeaderError)
+			}
+			got[pos]++
+		})
+	}
+	if read < total {
+		w.t.Fatalf("read %d of the %d dead letters", read, total)
+	}
+	missing := 0
+	for pos, inv := range want {
+		if got[pos] == 0 {
+			missing++
+			if missing <= 10 {
+				w.t.Errorf("invalid message at %d/%d (%s) is not in the dead-letter topic", pos.partition, pos.offset, inv.kind)
+			}
+		}
+		dups += max(0, got[pos]-1)
+	}
+	if missing > 0 {
+		w.t.Fatalf("%d of %d invalid messages missing from the dead-letter topic", missing, len(want))
+	}
+	return dups
+}
+
+// generator makes valid and invalid messages of varied shape.
+type generator struct {
+	rng *rand.Rand
+	n   int
+}
+
+func newGenerator(seed uint64) *generator {
+	return &generator{rng: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))}
+}
+
+var texts = []string{
+	"Hello",
+	"héllo wörld — ünïcödé",
+	"日本語のテキスト、中文字符",
+	"emoji 😀🎉 family 👩‍👩‍👧 flag 🇫🇷",
+	"עברית ו-العربية RTL",
+	"e\u0301 combining, Å vs A\u030a",
+	"tab\tnewline\nquote\"backslash\\slash/",
+	"<b>html</b> & ampersand",
+	"line\u2028separator\u2029paragraph",
+	"zero\u200bwidth\ufeffbom",
+	"math 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and \U0010FFFD",
+	"control \u0001\u001f\u007f chars",
+	"replacement char \ufffd is valid",
+}
+
+var eventTypes = []string{"comment.created", "like", "follow:new", "order_shipped-v2", "A.b_c:d-e.0", strings.Repeat("x", 64)}
+
+var dataObjects = []string{
+	`{}`,
+	`{"n": 42, "ok": true, "tags": ["a", "b"], "nested": {"x": null, "y": [1, 2.5, -3, 1e3]}}`,
+	`{"ключ": "значение", "emoji": "😀", "esc": "\u00e9\n\"q\"\ud83d\ude00", "url": "https:\/\/example.com\/a?b=c&d"}`,
+	"{\n  \"pretty\" : [ {\"a\":1} , {\"b\":[ ]} ],\n\t\"empty\":\"\"\n}",
+	`{"deep":{"a":{"b":{"c":{"d":{"e":{"f":[[[["deep"]]]]}}}}}}}`,
+	`{"big": 12345678901234567, "neg": -0.000001, "zero": 0}`,
+}
+
+// valid returns a valid message and the row it must become.
+func (g *generator) valid() *expected {
+	g.n++
+	r := g.rng
+	e := &expected{
+		userID:    uuid.NewString(),
+		eventType: eventTypes[r.IntN(len(eventTypes))],
+		title:     fmt.Sprintf("#%d %s", g.n, texts[r.IntN(len(texts))]),
+		body:      texts[r.IntN(len(texts))] + " " + texts[r.IntN(len(texts))],
+	}
+	switch r.IntN(20) {
+	case 0:
+		e.body = ""
+	case 1:
+		e.title = strings.Repeat("é", 256) // the longest title, in characters
+	case 2:
+		e.body = strings.Repeat("ü😀", 2048) // the longest body
+	}
+	var m []member
+	hasID := r.IntN(4) != 0
+	if hasID {
+		e.id = uuid.NewString()
+		m = append(m, member{"id", g.str(e.id)})
+	} else {
+		e.derived = true
+	}
+	m = append(m, member{"user_id", g.str(e.userID)}, member{"event_type", g.str(e.eventType)},
+		member{"title", g.str(e.title)}, member{"body", g.str(e.body)})
+	hasTime := r.IntN(3) != 0
+	if hasTime {
+		t := time.Date(2020+r.IntN(10), time.Month(1+r.IntN(12)), 1+r.IntN(28), r.IntN(24), r.IntN(60), r.IntN(60), r.IntN(1e9), time.UTC)
+		var s string
+		switch r.IntN(3) {
+		case 0:
+			s = t.Format(time.RFC3339Nano) // nanoseconds: truncated to µs
+		case 1:
+			s = t.In(time.FixedZone("", 5*3600+1800)).Format("2006-01-02T15:04:05.000000Z07:00")
+		default:
+			s = t.In(time.FixedZone("", -8*3600)).Format(time.RFC3339)
+		}
+		parsed, err := time.Parse(time.RFC3339Nano, s)
+		if err != nil {
+			panic(err)
+		}
+		e.createdAt = parsed.UTC().Truncate(time.Microsecond)
+		m = append(m, member{"created_at", g.str(s)})
+	} else {
+		e.recordTS = true
+	}
+	switch k := r.IntN(len(dataObjects) + 3); {
+	case k < len(dataObjects):
+		e.data = []byte(dataObjects[k])
+		m = append(m, member{"data", dataObjects[k]})
+	case k == len(dataObjects):
+		m = append(m, member{"data", "null"})
+	case k == len(dataObjects)+1:
+		// A large payload just under the 16 KiB limit.
+		e.data = []byte(`{"blob":"` + strings.Repeat("z", 16000) + `","i":` + strconv.Itoa(g.n) + `}`)
+		m = append(m, member{"data", string(e.data)})
+	default:
+		// no data
+	}
+	if r.IntN(5) == 0 {
+		m = append(m, member{"schema_version", "2"}, member{"future_field", `{"x":[1,"two"]}`})
+	}
+	e.resend = hasID && hasTime
+	e.value = g.object(m)
+	return e
+}
+
+type member struct{ name, raw string }
+
+// object joins members in random order with random whitespace.
+func (g *generator) object(m []member) []byte {
+	g.rng.Shuffle(len(m), func(i, j int) { m[i], m[j] = m[j], m[i] })
+	ws := []string{"", " ", "\n  ", "\t"}
+	var b strings.Builder
+	b.WriteString("{")
+	for i, mem := range m {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(ws[g.rng.IntN(len(ws))])
+		b.WriteString(g.str(mem.name))
+		b.WriteString(":")
+		b.WriteString(ws[g.rng.IntN(len(ws))])
+		b.WriteString(mem.raw)
+	}
+	b.WriteString(ws[g.rng.IntN(len(ws))])
+	b.WriteString("}")
+	return []byte(b.String())
+}
+
+// str encodes s as a JSON string in one of three ways: raw UTF-8, Go's
+// escaping (HTML characters, U+2028), or every non-ASCII character as \u
+// escapes (with surrogate pairs).
+func (g *generator) str(s string) string {
+	switch g.rng.IntN(3) {
+	case 0:
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(s)
+		return strings.TrimSuffix(b.String(), "\n")
+	case 1:
+		b, _ := json.Marshal(s)
+		return string(b)
+	}
+	var b strings.Builder
+	b.WriteByte('"')
+	for _, c := range s {
+		switch {
+		case c == '"' || c == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(c)
+		case c < 0x20 || c > 0x7e:
+			if c > 0xffff {
+				r1, r2 := utf16.EncodeRune(c)
+				fmt.Fprintf(&b, `\u%04x\u%04X`, r1, r2)
+			} else {
+				fmt.Fprintf(&b, `\u%04x`, c)
+			}
+		default:
+			b.WriteRune(c)
+		}
+	}
+	b.WriteByte('"')
+	return b.String()
+}
+
+// invalid returns a message that breaks a rule.
+func (g *generator) invalid() invalidMsg {
+	u := uuid.NewString()
+	base := func(field, raw string) []byte {
+		m := []member{{"user_id", g.str(u)}, {"event_type", `"x"`}, {"title", `"t"`}, {"body", `"b"`}}
+		for i := range m {
+			if m[i].name == field {
+				if raw == "" {
+					m = slices.Delete(m, i, i+1)
+				} else {
+					m[i].raw = raw
+				}
+				return g.object(m)
+			}
+		}
+		return g.object(append(m, member{field, raw}))
+	}
+	kinds := []func() invalidMsg{
+		func() invalidMsg { return invalidMsg{"empty", []byte{}} },
+		func() invalidMsg { return invalidMsg{"tombstone", nil} },
+		func() invalidMsg { return invalidMsg{"not json", []byte("not json at all")} },
+		func() invalidMsg { return invalidMsg{"array", []byte(`[1,2,3]`)} },
+		func() invalidMsg { return invalidMsg{"string", []byte(`"just a string"`)} },
+		func() invalidMsg { return invalidMsg{"truncated", base("title", `"t"`)[:20]} },
+		func() invalidMsg {
+			return invalidMsg{"invalid utf-8", []byte(`{"user_id":"` + u + `","event_type":"x","title":"bad ` + "\xff\xfe" + `","body":""}`)}
+		},
+		func() invalidMsg { return invalidMsg{"no user_id", base("user_id", "")} },
+		func() invalidMsg { return invalidMsg{"bad user_id", base("user_id", `"not-a-uuid"`)} },
+		func() invalidMsg { return invalidMsg{"nil id", base("id", `"00000000-0000-0000-0000-000000000000"`)} },
+		func() invalidMsg { return invalidMsg{"NUL in title", base("title", `"a\u0000b"`)} },
+		func() invalidMsg { return invalidMsg{"long title", base("title", `"`+strings.Repeat("é", 257)+`"`)} },
+		func() invalidMsg { return invalidMsg{"long body", base("body", `"`+strings.Repeat("b", 4097)+`"`)} },
+		func() invalidMsg { return invalidMsg{"bad event_type", base("event_type", `"bad type!"`)} },
+		func() invalidMsg { return invalidMsg{"empty event_type", base("event_type", `""`)} },
+		func() invalidMsg { return invalidMsg{"bad created_at", base("created_at", `"yesterday"`)} },
+		func() invalidMsg { return invalidMsg{"data not object", base("data", `[1,2]`)} },
+		func() invalidMsg { return invalidMsg{"data dup key", base("data", `{"a":1,"a":2}`)} },
+		func() invalidMsg { return invalidMsg{"data NUL", base("data", `{"a":"\u0000"}`)} },
+		func() invalidMsg { return invalidMsg{"lone surrogate", base("body", `"\ud800"`)} },
+		func() invalidMsg { return invalidMsg{"title number", base("title", `5`)} },
+		func() invalidMsg { return invalidMsg{"empty title", base("title", `""`)} },
+	}
+	return kinds[g.rng.IntN(len(kinds))]()
+}
+
+// testSeed is NOTIFYD_TEST_SEED when set, so that a failure can be replayed,
+// or a random seed.
+func testSeed(t testing.TB) uint64 {
+	if s := os.Getenv("NOTIFYD_TEST_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("NOTIFYD_TEST_SEED: %v", err)
+		}
+		return v
+	}
+	return rand.Uint64()
+}
+
+// durations summarises measured durations.
+func durations(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "none"
+	}
+	s := slices.Clone(ds)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	parts := make([]string, len(s))
+	for i, d := range s {
+		parts[i] = d.Round(time.Millisecond).String()
+	}
+	return fmt.Sprintf("min %s, median %s, max %s [%s]", s[0].Round(time.Millisecond),
+		s[len(s)/2].Round(time.Millisecond), s[len(s)-1].Round(time.Millisecond), strings.Join(parts, " "))
+}
+
+// TestCrashKill9ExactlyOnce runs the notifyd binary while messages are
+// produced, kills it with SIGKILL at random moments and restarts it, then
+// lets it drain and stops it with SIGTERM. Every valid message must be
+// exactly one row with exactly its content, the stored positions must be
+// the partitions' ends, and every invalid message must be dead-lettered.
+func TestCrashKill9ExactlyOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary for about a minute; skipped with -short")
+	}
+	notifydBin(t) // build before the clock starts
+
+	t.Run("static", func(t *testing.T) {
+		crashLoop(t, crashRun{group: "crash", instanceID: "crash-1", kills: 10, recoveries: 3})
+	})
+	t.Run("dynamic", func(t *testing.T) {
+		// Without static membership a restarted instance is a new member:
+		// the group waits for the dead one's session to expire.
+		crashLoop(t, crashRun{group: "crash-dyn", kills: 4, recoveries: 2})
+	})
+}
+
+type crashRun struct {
+	group      string
+	instanceID string // "" for dynamic membership
+	kills      int    // SIGKILLs while producing
+	recoveries int    // measured kill → restart → first row cycles after the chaos
+}
+
+func crashLoop(t *testing.T, cr crashRun) {
+	seed := testSeed(t)
+	t.Logf("seed %d (set NOTIFYD_TEST_SEED to replay)", seed)
+	w := newWorld(t, seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	args := w.runArgs(cr.group)
+	if cr.instanceID != "" {
+		args = append(args, "--instance-id", cr.instanceID)
+	}
+	env := childEnv()
+	var daemons []*daemon
+	start := func(name string) *daemon {
+		d := startDaemon(t, name, env, args...)
+		daemons = append(daemons, d)
+		return d
+	}
+
+	// The producer sends bursts until the kills are done.
+	stopProducing := make(chan struct{})
+	var prodWG sync.WaitGroup
+	var prodErr error
+	prodWG.Add(1)
+	go func() {
+		defer prodWG.Done()
+		prng := rand.New(rand.NewPCG(seed, 2))
+		for {
+			select {
+			case <-stopProducing:
+				return
+			default:
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			_, err := w.produce(ctx, 1+prng.IntN(30), 0.06)
+			cancel()
+			if err != nil {
+				prodErr = err
+				return
+			}
+			time.Sleep(time.Duration(prng.IntN(40)) * time.Millisecond)
+		}
+	}()
+
+	// Chaos: start, let it run 50–700 ms, SIGKILL, again.
+	var firstRow []time.Duration
+	chaosStart := time.Now()
+	for k := range cr.kills {
+		d := start(fmt.Sprintf("run %d", k+1))
+		before := w.count()
+		life := time.Duration(50+rng.IntN(651)) * time.Millisecond
+		deadline := d.started.Add(life)
+		seen := false
+		for time.Now().Before(deadline) {
+			if !seen && w.count() > before {
+				firstRow = append(firstRow, time.Since(d.started))
+				seen = true
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		d.kill()
+		if code := d.state.ExitCode(); code != -1 {
+			t.Fatalf("run %d exited by itself with %d before it was killed:\n%s", k+1, code, d.out.tail(40))
+		}
+	}
+	close(stopProducing)
+	prodWG.Wait()
+	if prodErr != nil {
+		t.Fatalf("produce: %v", prodErr)
+	}
+	t.Logf("chaos: %d kills in %s; %d valid messages (%d resent), %d invalid; rows at the last kill: %d; first new row seen within a lifetime after %s",
+		cr.kills, time.Since(chaosStart).Round(time.Millisecond), w.wantRows(), w.resent, len(w.invalid), w.count(), durations(firstRow))
+
+	// Drain, then measure recovery: kill, produce while it is down, restart.
+	d := start("drain")
+	drainStart := time.Now()
+	w.waitDrained(cr.group, 90*time.Second)
+	t.Logf("drained %d rows in %s after the last restart", w.wantRows(), time.Since(drainStart).Round(time.Millisecond))
+	var recovery, assigned []time.Duration
+	for i := range cr.recoveries {
+		d.kill()
+		before := w.count()
+		w.mustProduce(50, 0.1)
+		d = start(fmt.Sprintf("recovery %d", i+1))
+		for w.count() == before {
+			if time.Since(d.started) > 60*time.Second {
+				t.Fatalf("recovery %d: no new row 60s after the restart", i+1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		recovery = append(recovery, time.Since(d.started))
+		if l, ok := d.out.first("partitions assigned"); ok {
+			assigned = append(assigned, l.at.Sub(d.started))
+		}
+		w.waitDrained(cr.group, 60*time.Second)
+	}
+	t.Logf("recovery (%s membership): restart → first new row: %s; restart → partitions assigned: %s",
+		map[bool]string{true: "static", false: "dynamic"}[cr.instanceID != ""], durations(recovery), durations(assigned))
+
+	// A clean stop.
+	stopAt := time.Now()
+	d.signal(syscall.SIGTERM)
+	code, ok := d.wait(40 * time.Second)
+	if !ok {
+		t.Fatalf("still running 40s after SIGTERM")
+	}
+	if code != 0 {
+		t.Fatalf("exit code after SIGTERM: got %d, want 0\n%s", code, d.out.tail(30))
+	}
+	t.Logf("SIGTERM → exit 0 in %s", time.Since(stopAt).Round(time.Millisecond))
+
+	for _, d := range daemons {
+		d.checkNoRace()
+	}
+	w.checkTable()
+	w.checkOffsets(cr.group)
+	dups := w.checkDeadLetters()
+	t.Logf("verified: %d rows exactly, offsets %v, %d invalid messages dead-lettered (%d duplicate dead letters)",
+		w.wantRows(), w.storedOffsets(cr.group), len(w.invalid), dups)
+}

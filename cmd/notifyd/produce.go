@@ -1,0 +1,166 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/internal/loadgen"
+)
+
+type produceCmd struct {
+	Brokers  []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"127.0.0.1:9092" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
+	Topic    string        `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Topic to produce to."`
+	Count    int           `name:"count" help:"Messages to send; 0 with --duration sends until the duration ends." default:"0"`
+	Rate     int           `name:"rate" help:"Messages per second; 0 sends as fast as the broker takes them." default:"0"`
+	Duration time.Duration `name:"duration" help:"How long to send; 0 means until --count is reached." default:"0"`
+	Invalid  float64       `name:"invalid" help:"Share of invalid messages, 0 to 1 (half fail to decode, half fail validation)." default:"0"`
+	Users    int           `name:"users" help:"Distinct recipients." default:"10000"`
+	Seed     uint64        `name:"seed" help:"Random seed; the same seed makes the same messages." default:"1"`
+	Quiet    bool          `name:"quiet" help:"No progress line."`
+}
+
+func (c *produceCmd) Help() string {
+	return `Sends synthetic notifications: varied users, lengths, optional fields and
+Unicode; optionally a share of invalid ones.
+
+Examples:
+  notifyd produce --count 100000                 # as fast as possible
+  notifyd produce --rate 1000 --duration 30s     # steady load
+  notifyd produce --count 1000 --invalid 0.05    # 5 % bad messages`
+}
+
+func (c *produceCmd) validate() error {
+	var errs []error
+	if c.Count < 0 {
+		errs = append(errs, fmt.Errorf("--count: must be 0 or more, got %d", c.Count))
+	}
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("--rate: must be 0 or more, got %d", c.Rate))
+	}
+	if c.Duration < 0 {
+		errs = append(errs, fmt.Errorf("--duration: must not be negative, got %s", c.Duration))
+	}
+	if c.Count == 0 && c.Duration == 0 {
+		errs = append(errs, errors.New("--count or --duration: give at least one"))
+	}
+	if c.Invalid < 0 || c.Invalid > 1 {
+		errs = append(errs, fmt.Errorf("--invalid: must be between 0 and 1, got %g", c.Invalid))
+	}
+	if len(c.Brokers) == 0 {
+		errs = append(errs, errors.New("--brokers: must not be empty"))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *produceCmd) Run(ctx context.Context) error {
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("bad settings:\n%w", err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...), kgo.DefaultProduceTopic(c.Topic),
+		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(50_000))
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	defer cl.Close()
+	if c.Duration > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.Duration)
+		defer cancel()
+	}
+	gen := loadgen.New(c.Seed, c.Users)
+	gen.InvalidShare = c.Invalid
+
+	var sent, acked, failed, invalid atomic.Int64
+	var firstErr atomic.Value
+	start := time.Now()
+	stopProgress := c.progress(start, &acked, &failed)
+	defer stopProgress()
+
+	var tick <-chan time.Time
+	perTick := 0
+	if c.Rate > 0 {
+		// Send in small bursts every 10 ms: smooth enough, cheap on timers.
+		t := time.NewTicker(10 * time.Millisecond)
+		defer t.Stop()
+		tick = t.C
+	}
+	credit := 0.0
+loop:
+	for c.Count == 0 || int(sent.Load()) < c.Count {
+		if tick != nil {
+			if perTick == 0 {
+				select {
+				case <-ctx.Done():
+					break loop
+				case <-tick:
+				}
+				credit += float64(c.Rate) / 100
+				perTick = int(credit)
+				credit -= float64(perTick)
+				continue
+			}
+			perTick--
+		} else if ctx.Err() != nil {
+			break
+		}
+		v, bad := gen.Next()
+		if bad != "" {
+			invalid.Add(1)
+		}
+		sent.Add(1)
+		cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Value: v, Timestamp: time.Now()}, func(_ *kgo.Record, err error) {
+			if err != nil {
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err)
+				return
+			}
+			acked.Add(1)
+		})
+	}
+	if err := cl.Flush(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	stopProgress()
+	secs := time.Since(start).Seconds()
+	fmt.Fprintf(os.Stderr, "produced %d messages (%d invalid) to %s in %.1fs: %.0f msg/s, %d failed\n",
+		acked.Load(), invalid.Load(), c.Topic, secs, float64(acked.Load())/secs, failed.Load())
+	if failed.Load() > 0 {
+		return fmt.Errorf("%d messages not acknowledged: %v", failed.Load(), firstErr.Load())
+	}
+	return nil
+}
+
+// progress prints a progress line every second until the returned func is
+// called.
+func (c *produceCmd) progress(start time.Time, acked, failed *atomic.Int64) func() {
+	if c.Quiet {
+		return func() {}
+	}
+	done := make(chan struct{})
+	var once atomic.Bool
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				secs := time.Since(start).Seconds()
+				fmt.Fprintf(os.Stderr, "\r%8d sent  %8.0f msg/s  %d failed ", acked.Load(), float64(acked.Load())/secs, failed.Load())
+			}
+		}
+	}()
+	return func() {
+		if once.CompareAndSwap(false, true) {
+			close(done)
+			fmt.Fprintln(os.Stderr)
+		}
+	}
+}

@@ -1,0 +1,515 @@
+// Package bench is notifyd's end-to-end benchmark: in one run on one machine
+// it measures the database's raw COPY rate for the benchmark's rows (the
+// physical limit of the sink), the drain rate and peak memory of a real
+// `notifyd run` process, and end-to-end latency at a steady offered load.
+package bench
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/internal/broker"
+	"github.com/notifyd/notifyd/internal/loadgen"
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/pipeline"
+	"github.com/notifyd/notifyd/internal/postgres"
+)
+
+// Config configures a benchmark run.
+type Config struct {
+	Messages    int           // preloaded messages drained end to end; 0 means 200,000
+	Rate        int           // offered load of the latency phase, msg/s; 0 means 1,000
+	Duration    time.Duration // length of the latency phase; 0 means 10 s
+	Brokers     []string      // empty: an embedded broker
+	DatabaseURL string        // empty: the local server
+	Executable  string        // the notifyd binary run for the drain phase
+	Log         *slog.Logger
+}
+
+// Quantiles are latency percentiles in milliseconds.
+type Quantiles struct {
+	P50 float64 `json:"p50"`
+	P95 float64 `json:"p95"`
+	P99 float64 `json:"p99"`
+}
+
+// Result is the benchmark's output (SPEC section 5).
+type Result struct {
+	Messages            int       `json:"messages"`
+	Seconds             float64   `json:"seconds"`
+	MsgsPerSec          float64   `json:"msgs_per_sec"`
+	CopyLimitRowsPerSec float64   `json:"copy_limit_rows_per_sec"`
+	RatioToCopyLimit    float64   `json:"ratio_to_copy_limit"`
+	E2ELatencyMs        Quantiles `json:"e2e_latency_ms"`
+	FlushMs             Quantiles `json:"flush_ms"`
+	PeakRSSMB           float64   `json:"peak_rss_mb"`
+
+	LatencyOfferedRate int       `json:"latency_offered_msgs_per_sec"`
+	LatencyMessages    int       `json:"latency_messages"`
+	SteadyFlushMs      Quantiles `json:"steady_flush_ms"`
+	DrainBatches       float64   `json:"drain_batches"`
+	DrainMeanBatchSize float64   `json:"drain_mean_batch_size"`
+	CPUs               int       `json:"cpus"`
+	GoVersion          string    `json:"go_version"`
+	Date               string    `json:"date"`
+}
+
+func (c Config) withDefaults() Config {
+	if c.Messages == 0 {
+		c.Messages = 200_000
+	}
+	if c.Rate == 0 {
+		c.Rate = 1000
+	}
+	if c.Duration == 0 {
+		c.Duration = 10 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return c
+}
+
+// Run runs the benchmark.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	cfg = cfg.withDefaults()
+	log := cfg.Log
+	res := &Result{Messages: cfg.Messages, CPUs: runtime.NumCPU(), GoVersion: runtime.Version(),
+		Date: time.Now().UTC().Format(time.DateOnly), LatencyOfferedRate: cfg.Rate}
+
+	// A schema of its own keeps the benchmark's rows out of the real table.
+	suffix := randHex()
+	schema := "notifyd_bench_" + suffix
+	admin, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	if cfg.DatabaseURL == "" {
+		admin, err = connectLocal(ctx)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("connect to the database: %w", err)
+	}
+	defer admin.Close(context.WithoutCancel(ctx))
+	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		return nil, fmt.Errorf("create schema %s: %w", schema, err)
+	}
+	defer admin.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
+	url := withSearchPath(admin.Config().ConnString(), admin.Config(), schema)
+	store, err := postgres.Open(ctx, postgres.Config{URL: url})
+	if err != nil {
+		return nil, err
+	}
+	defer store.Close()
+	if _, err := store.Migrate(ctx); err != nil {
+		return nil, err
+	}
+
+	brokers := cfg.Brokers
+	if len(brokers) == 0 {
+		c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(3))
+		if err != nil {
+			return nil, fmt.Errorf("start embedded broker: %w", err)
+		}
+		defer c.Close()
+		brokers = c.ListenAddrs()
+	}
+	drainTopic, latTopic := "notifyd-bench-"+suffix, "notifyd-bench-latency-"+suffix
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(100_000))
+	if err != nil {
+		return nil, err
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	if err := broker.EnsureTopics(ctx, adm, 3, drainTopic, drainTopic+".dlq", latTopic, latTopic+".dlq"); err != nil {
+		return nil, err
+	}
+	if len(cfg.Brokers) > 0 {
+		defer adm.DeleteTopics(context.WithoutCancel(ctx), drainTopic, drainTopic+".dlq", latTopic, latTopic+".dlq") //nolint:errcheck // best effort
+	}
+
+	log.Info("measuring the COPY limit", "rows", cfg.Messages)
+	res.CopyLimitRowsPerSec, err = copyLimit(ctx, store, cfg.Messages)
+	if err != nil {
+		return nil, fmt.Errorf("copy limit: %w", err)
+	}
+
+	log.Info("preloading", "messages", cfg.Messages, "topic", drainTopic)
+	if err := preload(ctx, cl, drainTopic, cfg.Messages); err != nil {
+		return nil, fmt.Errorf("preload: %w", err)
+	}
+
+	log.Info("draining with notifyd run", "executable", cfg.Executable)
+	if err := drain(ctx, cfg, res, brokers, url, drainTopic, store); err != nil {
+		return nil, fmt.Errorf("drain: %w", err)
+	}
+	res.MsgsPerSec = float64(cfg.Messages) / res.Seconds
+	res.RatioToCopyLimit = res.MsgsPerSec / res.CopyLimitRowsPerSec
+
+	log.Info("measuring latency", "rate", cfg.Rate, "duration", cfg.Duration)
+	if err := latency(ctx, cfg, res, brokers, store, cl, latTopic); err != nil {
+		return nil, fmt.Errorf("latency: %w", err)
+	}
+	return res, nil
+}
+
+func connectLocal(ctx context.Context) (*pgx.Conn, error) {
+	pc, err := pgx.ParseConfig("")
+	if err != nil {
+		return nil, err
+	}
+	if os.Getenv("PGUSER") == "" {
+		pc.User = "postgres"
+		if os.Getenv("PGDATABASE") == "" {
+			pc.Database = "postgres"
+		}
+	}
+	return pgx.ConnectConfig(ctx, pc)
+}
+
+// withSearchPath makes a URL for the drain process that reaches the same
+// server and database, with the benchmark's schema first on the path.
+func withSearchPath(_ string, cc *pgx.ConnConfig, schema string) string {
+	host := cc.Host
+	if strings.HasPrefix(host, "/") {
+		return fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s", host, cc.Port, cc.User, cc.Database, schema)
+	}
+	pw := ""
+	if cc.Password != "" {
+		pw = " password=" + cc.Password
+	}
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s%s", host, cc.Port, cc.User, cc.Database, schema, pw)
+}
+
+func randHex() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// rowsOf decodes the benchmark's messages as notifyd would.
+func rowsOf(seed uint64, n int, fn func([]notification.Notification) error) error {
+	gen := loadgen.New(seed, 0)
+	const chunk = 10_000
+	rows := make([]notification.Notification, 0, chunk)
+	for i := 0; i < n; i++ {
+		v, _ := gen.Next()
+		r, err := notification.Decode(v, notification.Source{Topic: "copy", Offset: int64(i), Timestamp: time.Now()}, notification.Limits{})
+		if err != nil {
+			return err
+		}
+		rows = append(rows, r)
+		if len(rows) == chunk || i == n-1 {
+			if err := fn(rows); err != nil {
+				return err
+			}
+			rows = rows[:0]
+		}
+	}
+	return nil
+}
+
+// copyLimit is the rate of binary COPY of the benchmark's rows into a table
+// shaped like notifications (same keys and index), 10,000 rows a
+// transaction. Decoding is not timed.
+func copyLimit(ctx context.Context, store *postgres.Store, n int) (float64, error) {
+	pool := store.Pool()
+	if _, err := pool.Exec(ctx, "CREATE TABLE copy_limit (LIKE notifications INCLUDING ALL)"); err != nil {
+		return 0, err
+	}
+	cols := []string{"id", "user_id", "event_type", "title", "body", "data", "created_at"}
+	var spent time.Duration
+	err := rowsOf(1, n, func(rows []notification.Notification) error {
+		src := make([][]any, len(rows))
+		for i, r := range rows {
+			var data any
+			if r.Data != nil {
+				data = string(r.Data)
+			}
+			src[i] = []any{r.ID, r.UserID, r.EventType, r.Title, r.Body, data, r.CreatedAt}
+		}
+		start := time.Now()
+		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+			_, err := tx.CopyFrom(ctx, pgx.Identifier{"copy_limit"}, cols, pgx.CopyFromRows(src))
+			return err
+		})
+		spent += time.Since(start)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return float64(n) / spent.Seconds(), nil
+}
+
+func preload(ctx context.Context, cl *kgo.Client, topic string, n int) error {
+	gen := loadgen.New(1, 0)
+	var firstErr error
+	for i := 0; i < n; i++ {
+		v, _ := gen.Next()
+		cl.Produce(ctx, &kgo.Record{Topic: topic, Value: v}, func(_ *kgo.Record, err error) {
+			if err != nil && firstErr == nil {
+				firstErr = err
+			}
+		})
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	return firstErr
+}
+
+// drain runs `notifyd run` over the preloaded topic with default settings
+// and times it until every message is stored.
+func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, topic string, store *postgres.Store) error {
+	metricsAddr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, cfg.Executable, "run",
+		"--brokers", strings.Join(brokers, ","), "--topic", topic, "--group", "bench",
+		"--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+		}
+	}()
+
+	want := int64(cfg.Messages)
+	for {
+		var got int64
+		err := store.Pool().QueryRow(ctx,
+			"SELECT coalesce(sum(next_offset), 0) FROM notifyd_offsets WHERE topic = $1 AND next_offset > 0", topic).Scan(&got)
+		if err != nil {
+			return err
+		}
+		if got >= want {
+			break
+		}
+		select {
+		case err := <-exited:
+			return fmt.Errorf("notifyd run exited early: %v", err)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	res.Seconds = time.Since(start).Seconds()
+	res.PeakRSSMB, err = peakRSSMB(cmd.Process.Pid)
+	if err != nil {
+		return err
+	}
+	if err := scrapeFlush(ctx, metricsAddr, res); err != nil {
+		return err
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-exited:
+		if err != nil {
+			return fmt.Errorf("notifyd run did not stop cleanly: %w", err)
+		}
+	case <-time.After(60 * time.Second):
+		return errors.New("notifyd run did not stop within 60s of SIGTERM")
+	}
+	var rows int
+	if err := store.Pool().QueryRow(ctx, "SELECT count(*) FROM notifications").Scan(&rows); err != nil {
+		return err
+	}
+	if rows != cfg.Messages {
+		return fmt.Errorf("table holds %d rows after the drain, want %d", rows, cfg.Messages)
+	}
+	return nil
+}
+
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// peakRSSMB reads the process's peak resident set (VmHWM).
+func peakRSSMB(pid int) (float64, error) {
+	f, err := os.Open("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 64)
+			if err != nil {
+				return 0, err
+			}
+			return kb / 1024, nil
+		}
+	}
+	return 0, errors.New("no VmHWM in /proc status")
+}
+
+// scrapeFlush reads the flush-duration histogram of the drain process and
+// interpolates its quantiles.
+func scrapeFlush(ctx context.Context, addr string, res *Result) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return err
+	}
+	if mf := mfs["notifyd_flush_duration_seconds"]; mf != nil && len(mf.GetMetric()) > 0 {
+		h := mf.GetMetric()[0].GetHistogram()
+		var bounds []float64
+		var counts []uint64
+		for _, b := range h.GetBucket() {
+			bounds = append(bounds, b.GetUpperBound())
+			counts = append(counts, b.GetCumulativeCount())
+		}
+		q := func(p float64) float64 { return 1000 * histQuantile(p, bounds, counts, h.GetSampleCount()) }
+		res.FlushMs = Quantiles{P50: q(0.50), P95: q(0.95), P99: q(0.99)}
+		res.DrainBatches = float64(h.GetSampleCount())
+	}
+	if mf := mfs["notifyd_batch_size"]; mf != nil && len(mf.GetMetric()) > 0 {
+		h := mf.GetMetric()[0].GetHistogram()
+		if h.GetSampleCount() > 0 {
+			res.DrainMeanBatchSize = h.GetSampleSum() / float64(h.GetSampleCount())
+		}
+	}
+	return nil
+}
+
+// histQuantile interpolates linearly inside the bucket holding quantile p,
+// as Prometheus' histogram_quantile does.
+func histQuantile(p float64, bounds []float64, cum []uint64, total uint64) float64 {
+	if total == 0 {
+		return math.NaN()
+	}
+	rank := p * float64(total)
+	lower, below := 0.0, uint64(0)
+	for i, ub := range bounds {
+		if float64(cum[i]) >= rank {
+			inBucket := cum[i] - below
+			if inBucket == 0 {
+				return ub
+			}
+			return lower + (ub-lower)*(rank-float64(below))/float64(inBucket)
+		}
+		lower, below = ub, cum[i]
+	}
+	return lower
+}
+
+// latency offers a steady load to an in-process pipeline with default
+// settings and records, for every message, the time from its record
+// timestamp to the commit of its row.
+func latency(ctx context.Context, cfg Config, res *Result, brokers []string, store *postgres.Store, cl *kgo.Client, topic string) error {
+	samples := make([]float64, 0, cfg.Rate*int(cfg.Duration/time.Second+1))
+	var flushes []float64
+	var total atomic.Int64
+	p, err := pipeline.New(pipeline.Config{
+		Topic: topic, Group: "bench-latency",
+		OnCommit: func(stamps []time.Time, took time.Duration) {
+			now := time.Now()
+			for _, ts := range stamps {
+				samples = append(samples, float64(now.Sub(ts).Microseconds())/1000)
+			}
+			flushes = append(flushes, float64(took.Microseconds())/1000)
+			total.Add(int64(len(stamps)))
+		},
+	}, store, cfg.Log, nil, kgo.SeedBrokers(brokers...))
+	if err != nil {
+		return err
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- p.Run(pctx) }()
+
+	// Let the group settle before offering load.
+	deadline := time.Now().Add(15 * time.Second)
+	for p.Ready(ctx) != nil {
+		if time.Now().After(deadline) {
+			return errors.New("pipeline not ready within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	gen := loadgen.New(2, 0)
+	interval := time.Second / time.Duration(cfg.Rate)
+	n := int(cfg.Duration / interval)
+	next := time.Now()
+	for i := 0; i < n; i++ {
+		if d := time.Until(next); d > 0 {
+			time.Sleep(d)
+		}
+		next = next.Add(interval)
+		v, _ := gen.Next()
+		cl.Produce(ctx, &kgo.Record{Topic: topic, Value: v, Timestamp: time.Now()}, nil)
+	}
+	if err := cl.Flush(ctx); err != nil {
+		return err
+	}
+	deadline = time.Now().Add(30 * time.Second)
+	for total.Load() < int64(n) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d messages committed 30s after the load ended", total.Load(), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-runErr; err != nil {
+		return err
+	}
+	res.LatencyMessages = n
+	res.E2ELatencyMs = quantiles(samples)
+	res.SteadyFlushMs = quantiles(flushes)
+	return nil
+}
+
+func quantiles(xs []float64) Quantiles {
+	if len(xs) == 0 {
+		return Quantiles{}
+	}
+	slices.Sort(xs)
+	at := func(p float64) float64 {
+		return xs[min(len(xs)-1, int(math.Ceil(p*float64(len(xs))))-1)]
+	}
+	return Quantiles{P50: at(0.50), P95: at(0.95), P99: at(0.99)}
+}

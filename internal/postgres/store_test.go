@@ -1,0 +1,641 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/notifyd/notifyd/internal/notification"
+	"github.com/notifyd/notifyd/internal/pgtest"
+)
+
+const (
+	testGroup = "g"
+	testTopic = "notifications"
+)
+
+// openStore opens a store on url and closes it when the test ends.
+func openStore(t *testing.T, url string) *Store {
+	t.Helper()
+	st, err := Open(context.Background(), Config{URL: url})
+	if err != nil {
+		t.Fatalf("open store: %v", err)
+	}
+	t.Cleanup(st.Close)
+	return st
+}
+
+// migratedStore opens a store on a fresh schema and migrates it.
+func migratedStore(t *testing.T) *Store {
+	t.Helper()
+	st := openStore(t, pgtest.Schema(t))
+	if _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	return st
+}
+
+// testRow returns a valid notification, distinct for each i.
+func testRow(i int) notification.Notification {
+	return notification.Notification{
+		ID:        uuid.New(),
+		UserID:    uuid.New(),
+		EventType: "comment.created",
+		Title:     fmt.Sprintf("title %d", i),
+		Body:      fmt.Sprintf("body %d", i),
+		Data:      []byte(fmt.Sprintf(`{"n": %d}`, i)),
+		CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).Add(time.Duration(i) * time.Microsecond),
+	}
+}
+
+func testRows(n int) []notification.Notification {
+	rows := make([]notification.Notification, n)
+	for i := range rows {
+		rows[i] = testRow(i)
+	}
+	return rows
+}
+
+// noReject fails the test if the store rejects any row.
+func noReject(t *testing.T) func(context.Context, []Rejected) error {
+	return func(_ context.Context, rej []Rejected) error {
+		t.Errorf("reject called with %d rows, want none: first %v", len(rej), rej[0].Err)
+		return errors.New("unexpected reject")
+	}
+}
+
+// claim claims partitions and fails the test on error.
+func claim(t *testing.T, st *Store, parts ...int32) map[int32]int64 {
+	t.Helper()
+	got, err := st.Claim(context.Background(), testGroup, testTopic, parts)
+	if err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	return got
+}
+
+// offsets reads every stored position of the test topic.
+func offsets(t *testing.T, st *Store) map[int32]int64 {
+	t.Helper()
+	rows, err := st.Pool().Query(context.Background(),
+		"SELECT partition, next_offset FROM notifyd_offsets WHERE consumer_group = $1 AND topic = $2", testGroup, testTopic)
+	if err != nil {
+		t.Fatalf("read offsets: %v", err)
+	}
+	defer rows.Close()
+	out := map[int32]int64{}
+	for rows.Next() {
+		var p int32
+		var o int64
+		if err := rows.Scan(&p, &o); err != nil {
+			t.Fatalf("read offsets: %v", err)
+		}
+		out[p] = o
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read offsets: %v", err)
+	}
+	return out
+}
+
+func countRows(t *testing.T, st *Store) int {
+	t.Helper()
+	var n int
+	if err := st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM notifications").Scan(&n); err != nil {
+		t.Fatalf("count: %v", err)
+	}
+	return n
+}
+
+// storedIDs returns the ids in the table.
+func storedIDs(t *testing.T, st *Store) map[uuid.UUID]bool {
+	t.Helper()
+	rows, err := st.Pool().Query(context.Background(), "SELECT id FROM notifications")
+	if err != nil {
+		t.Fatalf("read ids: %v", err)
+	}
+	defer rows.Close()
+	out := map[uuid.UUID]bool{}
+	for rows.Next() {
+		var id uuid.UUID
+		if err := rows.Scan(&id); err != nil {
+			t.Fatalf("read ids: %v", err)
+		}
+		out[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read ids: %v", err)
+	}
+	return out
+}
+
+func sameOffsets(t *testing.T, what string, got, want map[int32]int64) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: got %v, want %v", what, got, want)
+	}
+	for p, o := range want {
+		if g, ok := got[p]; !ok || g != o {
+			t.Fatalf("%s: got %v, want %v", what, got, want)
+		}
+	}
+}
+
+func TestMigrateFreshSchemaReachesLatestVersionAndIsIdempotent(t *testing.T) {
+	t.Parallel()
+	st := openStore(t, pgtest.Schema(t))
+	ctx := context.Background()
+	if LatestVersion() < 1 {
+		t.Fatalf("LatestVersion: got %d, want at least 1", LatestVersion())
+	}
+	for run := 1; run <= 2; run++ {
+		v, err := st.Migrate(ctx)
+		if err != nil {
+			t.Fatalf("migrate run %d: got error %v, want nil", run, err)
+		}
+		if v != LatestVersion() {
+			t.Fatalf("migrate run %d: got version %d, want %d", run, v, LatestVersion())
+		}
+	}
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var applied int
+	if err := st.Pool().QueryRow(ctx, "SELECT count(*) FROM notifyd_schema_version").Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(ms) {
+		t.Fatalf("recorded migrations after two runs: got %d, want %d", applied, len(ms))
+	}
+	// The schema the rest of notifyd relies on is there.
+	for _, table := range []string{"notifications", "notifyd_offsets"} {
+		var exists bool
+		if err := st.Pool().QueryRow(ctx, "SELECT to_regclass($1) IS NOT NULL", table).Scan(&exists); err != nil {
+			t.Fatal(err)
+		}
+		if !exists {
+			t.Fatalf("table %s after migrate: got missing, want present", table)
+		}
+	}
+}
+
+func TestMigrateConcurrentCallsAllSucceed(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	const n = 4
+	stores := make([]*Store, n)
+	for i := range stores {
+		stores[i] = openStore(t, url)
+	}
+	var wg sync.WaitGroup
+	versions := make([]int, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	for i, st := range stores {
+		wg.Go(func() {
+			<-start
+			versions[i], errs[i] = st.Migrate(context.Background())
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("migrate %d: got error %v, want nil", i, errs[i])
+		}
+		if versions[i] != LatestVersion() {
+			t.Fatalf("migrate %d: got version %d, want %d", i, versions[i], LatestVersion())
+		}
+	}
+	ms, err := migrations()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var applied int
+	if err := stores[0].Pool().QueryRow(context.Background(), "SELECT count(*) FROM notifyd_schema_version").Scan(&applied); err != nil {
+		t.Fatal(err)
+	}
+	if applied != len(ms) {
+		t.Fatalf("recorded migrations: got %d, want %d", applied, len(ms))
+	}
+}
+
+func TestMigrateRefusesSchemaNewerThanBinary(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	newer := LatestVersion() + 1
+	if _, err := st.Pool().Exec(ctx, "INSERT INTO notifyd_schema_version (version, name) VALUES ($1, 'from the future')", newer); err != nil {
+		t.Fatal(err)
+	}
+	v, err := st.Migrate(ctx)
+	if err == nil {
+		t.Fatalf("migrate a schema at version %d with a binary at %d: got nil error, want a refusal", newer, LatestVersion())
+	}
+	if !strings.Contains(err.Error(), "newer") {
+		t.Fatalf("migrate error: got %q, want it to say the schema is newer", err)
+	}
+	if v != newer {
+		t.Fatalf("migrate version: got %d, want %d (the database's)", v, newer)
+	}
+}
+
+func TestClaimCreatesNoOffsetRowsAndReturnsStoredPositions(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+
+	got := claim(t, st, 0, 1, 2)
+	sameOffsets(t, "first claim", got, map[int32]int64{0: NoOffset, 1: NoOffset, 2: NoOffset})
+	sameOffsets(t, "rows after first claim", offsets(t, st), map[int32]int64{0: NoOffset, 1: NoOffset, 2: NoOffset})
+
+	// Claiming again creates nothing new and still reports NoOffset.
+	sameOffsets(t, "second claim", claim(t, st, 0, 1, 2), map[int32]int64{0: NoOffset, 1: NoOffset, 2: NoOffset})
+
+	_, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 10}, {Partition: 2, From: NoOffset, To: 7}},
+		Rows:   testRows(3)}, noReject(t))
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	sameOffsets(t, "claim after write", claim(t, st, 0, 1, 2), map[int32]int64{0: 10, 1: NoOffset, 2: 7})
+	// A partition claimed for the first time alongside stored ones.
+	sameOffsets(t, "claim with a new partition", claim(t, st, 2, 3), map[int32]int64{2: 7, 3: NoOffset})
+	// Another group's positions are its own.
+	other, err := st.Claim(ctx, "other", testTopic, []int32{0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sameOffsets(t, "claim of another group", other, map[int32]int64{0: NoOffset})
+}
+
+func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0, 1)
+
+	tokyo := time.FixedZone("JST", 9*3600)
+	rows := []notification.Notification{
+		{
+			ID: uuid.New(), UserID: uuid.New(), EventType: "order.shipped:v2-x_y",
+			Title:     "Grüße aus Zürich 🎉 日本語 ñ",
+			Body:      "line one\nline \"two\"\ttab \\ backslash — e\u0301 (combining) 👩‍👩‍👧 \u200b zero-width, 𝄞",
+			Data:      []byte(`{"b": [1, 2.5, "x"], "a": {"nested": true, "nul": null}, "emoji": "🎉"}`),
+			CreatedAt: time.Date(2026, 3, 4, 5, 6, 7, 123456000, tokyo),
+		},
+		{
+			ID: uuid.New(), UserID: uuid.New(), EventType: "e",
+			Title:     "t",
+			Body:      "",
+			Data:      nil,
+			CreatedAt: time.Date(1999, 12, 31, 23, 59, 59, 999999000, time.UTC),
+		},
+		{
+			ID: uuid.New(), UserID: uuid.New(), EventType: "x",
+			Title:     strings.Repeat("é", 256),
+			Body:      strings.Repeat("😀", 4096),
+			Data:      []byte(`{}`),
+			CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 1000, time.UTC),
+		},
+	}
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 5}, {Partition: 1, From: NoOffset, To: 2}},
+		Rows:   rows}, noReject(t))
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if want := (Result{Inserted: 3, Statements: 1}); res != want {
+		t.Fatalf("result: got %+v, want %+v", res, want)
+	}
+
+	for _, want := range rows {
+		var (
+			userID            uuid.UUID
+			eventType, title  string
+			body              string
+			data              *string
+			createdAt         time.Time
+			titleLen, bodyLen int
+		)
+		err := st.Pool().QueryRow(ctx, `SELECT user_id, event_type, title, body, data::text, created_at,
+			octet_length(title), octet_length(body) FROM notifications WHERE id = $1`, want.ID).
+			Scan(&userID, &eventType, &title, &body, &data, &createdAt, &titleLen, &bodyLen)
+		if err != nil {
+			t.Fatalf("row %s: %v", want.ID, err)
+		}
+		if userID != want.UserID {
+			t.Fatalf("row %s user_id: got %s, want %s", want.ID, userID, want.UserID)
+		}
+		if eventType != want.EventType {
+			t.Fatalf("row %s event_type: got %q, want %q", want.ID, eventType, want.EventType)
+		}
+		if title != want.Title || titleLen != len(want.Title) {
+			t.Fatalf("row %s title: got %q (%d bytes), want %q (%d bytes)", want.ID, title, titleLen, want.Title, len(want.Title))
+		}
+		if body != want.Body || bodyLen != len(want.Body) {
+			t.Fatalf("row %s body: got %q (%d bytes), want %q (%d bytes)", want.ID, body, bodyLen, want.Body, len(want.Body))
+		}
+		if !createdAt.Equal(want.CreatedAt) {
+			t.Fatalf("row %s created_at: got %s, want %s", want.ID, createdAt, want.CreatedAt)
+		}
+		switch {
+		case want.Data == nil && data != nil:
+			t.Fatalf("row %s data: got %s, want NULL", want.ID, *data)
+		case want.Data != nil && data == nil:
+			t.Fatalf("row %s data: got NULL, want %s", want.ID, want.Data)
+		case want.Data != nil && !sameJSON(t, []byte(*data), want.Data):
+			t.Fatalf("row %s data: got %s, want the same JSON as %s", want.ID, *data, want.Data)
+		}
+	}
+	sameOffsets(t, "offsets after write", offsets(t, st), map[int32]int64{0: 5, 1: 2})
+
+	// A second batch continues from the stored positions.
+	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: 5, To: 9}}, Rows: testRows(4)}, noReject(t))
+	if err != nil {
+		t.Fatalf("second write: %v", err)
+	}
+	if res.Inserted != 4 {
+		t.Fatalf("second write inserted: got %d, want 4", res.Inserted)
+	}
+	sameOffsets(t, "offsets after second write", offsets(t, st), map[int32]int64{0: 9, 1: 2})
+	if n := countRows(t, st); n != 7 {
+		t.Fatalf("rows: got %d, want 7", n)
+	}
+}
+
+// sameJSON reports whether a and b are the same JSON value, whatever their
+// whitespace and key order.
+func sameJSON(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var va, vb any
+	if err := json.Unmarshal(a, &va); err != nil {
+		t.Fatalf("unmarshal %s: %v", a, err)
+	}
+	if err := json.Unmarshal(b, &vb); err != nil {
+		t.Fatalf("unmarshal %s: %v", b, err)
+	}
+	ja, _ := json.Marshal(va)
+	jb, _ := json.Marshal(vb)
+	return string(ja) == string(jb)
+}
+
+func TestWriteWithStaleFromIsFencedAndWritesNothing(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0, 1, 2)
+	first := testRows(3)
+	if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 10}, {Partition: 1, From: NoOffset, To: 10}, {Partition: 2, From: NoOffset, To: 10}},
+		Rows:   first}, noReject(t)); err != nil {
+		t.Fatalf("first write: %v", err)
+	}
+	before := offsets(t, st)
+
+	tests := []struct {
+		name   string
+		ranges []Range
+		want   []int32
+	}{
+		{"one partition stale", []Range{{Partition: 0, From: 10, To: 20}, {Partition: 1, From: 5, To: 20}}, []int32{1}},
+		{"from behind", []Range{{Partition: 2, From: NoOffset, To: 20}}, []int32{2}},
+		{"from ahead", []Range{{Partition: 0, From: 11, To: 20}}, []int32{0}},
+		{"all stale", []Range{{Partition: 0, From: 3, To: 20}, {Partition: 1, From: 4, To: 20}, {Partition: 2, From: 5, To: 20}}, []int32{0, 1, 2}},
+		{"unclaimed partition", []Range{{Partition: 0, From: 10, To: 20}, {Partition: 9, From: NoOffset, To: 20}}, []int32{9}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rows := testRows(5)
+			rejected := false
+			res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: tt.ranges, Rows: rows},
+				func(context.Context, []Rejected) error { rejected = true; return nil })
+			var fe *FencedError
+			if !errors.As(err, &fe) {
+				t.Fatalf("error: got %v (%T), want *FencedError", err, err)
+			}
+			got := slices.Sorted(slices.Values(fe.Partitions))
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("fenced partitions: got %v, want %v", got, tt.want)
+			}
+			if rejected {
+				t.Fatalf("reject called: got true, want false")
+			}
+			if res.Inserted != 0 {
+				t.Fatalf("inserted: got %d, want 0", res.Inserted)
+			}
+			if n := countRows(t, st); n != len(first) {
+				t.Fatalf("rows after fenced write: got %d, want %d", n, len(first))
+			}
+			sameOffsets(t, "offsets after fenced write", offsets(t, st), before)
+		})
+	}
+}
+
+func TestWriteSkipsAndCountsDuplicateIDs(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0)
+	stored := testRow(0)
+	if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 1}}, Rows: []notification.Notification{stored}}, noReject(t)); err != nil {
+		t.Fatal(err)
+	}
+
+	again := stored
+	again.Title = "a different title for the same id"
+	fresh := testRow(1)
+	twice := testRow(2)
+	twiceCopy := twice
+	twiceCopy.Body = "the second copy inside one batch"
+	rows := []notification.Notification{fresh, again, twice, testRow(3), twiceCopy}
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: 1, To: 6}}, Rows: rows}, noReject(t))
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if want := (Result{Inserted: 3, Duplicates: 2, Statements: 1}); res != want {
+		t.Fatalf("result: got %+v, want %+v", res, want)
+	}
+	if n := countRows(t, st); n != 4 {
+		t.Fatalf("rows: got %d, want 4", n)
+	}
+	// The first copy wins: a duplicate never overwrites.
+	for id, want := range map[uuid.UUID]string{stored.ID: stored.Title} {
+		var title string
+		if err := st.Pool().QueryRow(ctx, "SELECT title FROM notifications WHERE id = $1", id).Scan(&title); err != nil {
+			t.Fatal(err)
+		}
+		if title != want {
+			t.Fatalf("title of %s: got %q, want %q", id, title, want)
+		}
+	}
+	var body string
+	if err := st.Pool().QueryRow(ctx, "SELECT body FROM notifications WHERE id = $1", twice.ID).Scan(&body); err != nil {
+		t.Fatal(err)
+	}
+	if body != twice.Body {
+		t.Fatalf("body of the id sent twice in one batch: got %q, want %q", body, twice.Body)
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: 6})
+
+	// A batch of nothing but duplicates still advances the position.
+	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: 6, To: 8}}, Rows: []notification.Notification{stored, fresh}}, noReject(t))
+	if err != nil {
+		t.Fatalf("write of duplicates: %v", err)
+	}
+	if res.Inserted != 0 || res.Duplicates != 2 {
+		t.Fatalf("result of duplicates only: got %+v, want Inserted 0, Duplicates 2", res)
+	}
+	sameOffsets(t, "offsets after duplicates only", offsets(t, st), map[int32]int64{0: 8})
+}
+
+// addBadTitleCheck makes the database refuse rows titled BAD.
+func addBadTitleCheck(t *testing.T, st *Store) {
+	t.Helper()
+	if _, err := st.Pool().Exec(context.Background(),
+		"ALTER TABLE notifications ADD CONSTRAINT no_bad CHECK (title <> 'BAD')"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWriteIsolatesRowsTheDatabaseRejects(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	addBadTitleCheck(t, st)
+	claim(t, st, 0, 1)
+
+	seed := rand.Uint64()
+	rng := rand.New(rand.NewPCG(seed, 0))
+	t.Logf("seed %d", seed)
+	const n, k = 1000, 3
+	rows := testRows(n)
+	var bad []int
+	for len(bad) < k {
+		if i := rng.IntN(n); !slices.Contains(bad, i) {
+			bad = append(bad, i)
+			rows[i].Title = "BAD"
+		}
+	}
+	slices.Sort(bad)
+
+	var got []Rejected
+	calls := 0
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 600}, {Partition: 1, From: NoOffset, To: 400}}, Rows: rows},
+		func(_ context.Context, rej []Rejected) error {
+			calls++
+			got = append(got, rej...)
+			return nil
+		})
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	t.Logf("%d rows, %d rejected at %v: %d statements", n, k, bad, res.Statements)
+	if calls != 1 {
+		t.Fatalf("reject calls: got %d, want 1", calls)
+	}
+	var idx []int
+	for _, r := range got {
+		idx = append(idx, r.Index)
+		var pe *pgconn.PgError
+		if !errors.As(r.Err, &pe) || pe.Code != "23514" {
+			t.Fatalf("reject error of row %d: got %v, want SQLSTATE 23514", r.Index, r.Err)
+		}
+	}
+	slices.Sort(idx)
+	if !slices.Equal(idx, bad) {
+		t.Fatalf("rejected indexes: got %v, want %v", idx, bad)
+	}
+	if res.Inserted != n-k || res.Rejected != k || res.Duplicates != 0 {
+		t.Fatalf("result: got %+v, want Inserted %d, Rejected %d, Duplicates 0", res, n-k, k)
+	}
+	// Bisection: about 2·k·log2(n/k)+1 statements, far below one per row.
+	if res.Statements > 60 {
+		t.Fatalf("statements: got %d, want at most 60", res.Statements)
+	}
+	ids := storedIDs(t, st)
+	if len(ids) != n-k {
+		t.Fatalf("rows: got %d, want %d", len(ids), n-k)
+	}
+	for i, r := range rows {
+		if ids[r.ID] == slices.Contains(bad, i) {
+			t.Fatalf("row %d (bad %v) stored: got %v, want %v", i, slices.Contains(bad, i), ids[r.ID], !slices.Contains(bad, i))
+		}
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: 600, 1: 400})
+}
+
+func TestWriteFailsAndStoresNothingWhenRejectFails(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	addBadTitleCheck(t, st)
+	claim(t, st, 0)
+	rows := testRows(50)
+	rows[17].Title = "BAD"
+
+	errDLQ := errors.New("dead-letter topic unavailable")
+	_, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 50}}, Rows: rows},
+		func(context.Context, []Rejected) error { return errDLQ })
+	if !errors.Is(err, errDLQ) {
+		t.Fatalf("error: got %v, want one wrapping %v", err, errDLQ)
+	}
+	if n := countRows(t, st); n != 0 {
+		t.Fatalf("rows: got %d, want 0", n)
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: NoOffset})
+}
+
+func TestWriteReusesPooledConnections(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0)
+	const writes = 100
+	newBefore := st.Pool().Stat().NewConnsCount()
+	acquiresBefore := st.Pool().Stat().AcquireCount()
+	for i := range writes {
+		from := int64(i)
+		if i == 0 {
+			from = NoOffset
+		}
+		if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+			Ranges: []Range{{Partition: 0, From: from, To: int64(i) + 1}},
+			Rows:   testRows(5)}, noReject(t)); err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+		if s := st.Pool().Stat(); s.TotalConns() > s.MaxConns() {
+			t.Fatalf("after write %d: got %d connections, want at most %d", i, s.TotalConns(), s.MaxConns())
+		}
+	}
+	s := st.Pool().Stat()
+	if got := s.AcquireCount() - acquiresBefore; got < writes {
+		t.Fatalf("acquires: got %d, want at least %d", got, writes)
+	}
+	// Sequential writes need one connection; a pool that did not reuse
+	// them would open one per write.
+	if got := s.NewConnsCount() - newBefore; got > 1 {
+		t.Fatalf("new connections over %d sequential writes: got %d, want at most 1", writes, got)
+	}
+	if s.TotalConns() > s.MaxConns() {
+		t.Fatalf("connections: got %d, want at most %d", s.TotalConns(), s.MaxConns())
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: writes})
+}

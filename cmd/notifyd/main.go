@@ -17,6 +17,7 @@ type cli struct {
 	Run     runCmd     `cmd:"" help:"Consume notifications and write them to PostgreSQL (the service)."`
 	Produce produceCmd `cmd:"" help:"Send synthetic notifications (load generator)."`
 	Bench   benchCmd   `cmd:"" help:"Measure throughput against the COPY limit, latency and memory, end to end."`
+	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, inspect and replay dead letters."`
 	Migrate migrateCmd `cmd:"" help:"Apply the database schema and report its version."`
 	Version versionCmd `cmd:"" help:"Print the version and build information."`
 }

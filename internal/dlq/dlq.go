@@ -35,6 +35,8 @@ func Letter(topic string, src *kgo.Record, class, reason string, attempts int) *
 		Value: src.Value,
 	}
 	for _, h := range src.Headers {
+		// The replay count and origin travel with the message, so that the
+		// replay limit holds and a derived id stays the same.
 		if isOwn(h.Key) && h.Key != HeaderReplays {
 			continue
 		}

@@ -117,7 +117,7 @@ func (g *Generator) undecodable(m message) []byte {
 	case 0:
 		return v[:len(v)/2] // truncated JSON
 	case 1:
-		return append(v[:len(v)-1:len(v)-1], []byte(`,"title_bad":"\xff\xfe"}`)...) // not UTF-8
+		return append(v[:len(v)-1:len(v)-1], []byte(",\"title_bad\":\"\xff\xfe\"}")...) // not UTF-8
 	default:
 		return []byte(`["not", "an", "object"]`)
 	}

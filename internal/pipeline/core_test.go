@@ -292,7 +292,8 @@ func TestConnectionTimeoutHandling(t *testing.T) {
 	}
 	hook := &connectHook{}
 	p, err := New(Config{Topic: testTopic, Group: "g"}, st, testLogger(t), nil,
-		kgo.SeedBrokers(closed), kgo.DialTimeout(time.Second), kgo.WithHooks(hook))
+		kgo.SeedBrokers(closed), kgo.DialTimeout(time.Second), kgo.WithHooks(hook),
+		kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond }))
 	if err != nil {
 		t.Fatalf("new pipeline: %v", err)
 	}
@@ -303,14 +304,14 @@ func TestConnectionTimeoutHandling(t *testing.T) {
 
 	// The client keeps trying; the pipeline keeps running.
 	deadline := time.Now().Add(20 * time.Second)
-	for hook.failed.Load() < 2 {
+	for hook.failed.Load() < 3 {
 		select {
 		case err := <-done:
 			t.Fatalf("Run returned before cancel: got %v, want it to keep running", err)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("failed connection attempts after 20s: got %d, want at least 2", hook.failed.Load())
+			t.Fatalf("failed connection attempts after 20s: got %d, want at least 3", hook.failed.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -681,7 +682,7 @@ func TestRebalanceMidStreamStoresEveryMessageOnce(t *testing.T) {
 
 	const chunk = 100
 	startB, stopA := 15, 35 // after these many chunks
-	step := make(chan int)   // the producer reached a step
+	step := make(chan int)  // the producer reached a step
 	resume := make(chan struct{})
 	perr := make(chan error, 1)
 	go func() {

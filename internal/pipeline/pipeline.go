@@ -43,6 +43,7 @@ type Pipeline struct {
 	dlq     dlq.Publisher
 	breaker *retry.Breaker
 	m       *metrics
+	reset   kgo.Offset // where a partition with no stored position starts
 
 	ready chan struct{} // a batch is ready to write (capacity 1)
 	space chan struct{} // a write took buffered messages (capacity 1)
@@ -96,6 +97,7 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 	if cfg.StartOffset == "latest" {
 		reset = kgo.NewOffset().AtEnd()
 	}
+	p.reset = reset
 	opts = append(opts,
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topic),
@@ -190,7 +192,8 @@ func (p *Pipeline) Run(ctx context.Context) error {
 // consume is the consume loop; it returns when ctx ends.
 func (p *Pipeline) consume(ctx context.Context) {
 	for ctx.Err() == nil {
-		if p.full() {
+		room := p.room()
+		if room == 0 {
 			select {
 			case <-p.space:
 			case <-ctx.Done():
@@ -199,7 +202,9 @@ func (p *Pipeline) consume(ctx context.Context) {
 			continue
 		}
 		pollCtx, cancel := context.WithTimeout(ctx, p.pollWait())
-		fetches := p.client.PollRecords(pollCtx, p.cfg.BatchSize*4)
+		// Take no more than the buffer has room for: MaxBufferedRows is a
+		// bound, not a threshold that one poll may overshoot.
+		fetches := p.client.PollRecords(pollCtx, min(p.cfg.BatchSize*4, room))
 		cancel()
 		if fetches.IsClientClosed() {
 			return
@@ -229,10 +234,14 @@ func (p *Pipeline) pollWait() time.Duration {
 	return min(max(d, time.Millisecond), maxPollWait)
 }
 
-func (p *Pipeline) full() bool {
+// room is how many more messages the buffer may take; 0 at either bound.
+func (p *Pipeline) room() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.rows >= p.cfg.MaxBufferedRows || p.bytes >= p.cfg.MaxBufferedBytes
+	if p.bytes >= p.cfg.MaxBufferedBytes {
+		return 0
+	}
+	return max(p.cfg.MaxBufferedRows-p.rows, 0)
 }
 
 // add decodes the fetched records into their partitions' buffers and
@@ -255,9 +264,15 @@ func (p *Pipeline) add(fetches kgo.Fetches) int {
 				continue // already stored; can follow a re-seek
 			}
 			e := entry{rec: r}
-			n, err := notification.Decode(r.Value, notification.Source{
-				Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp,
-			}, p.cfg.Limits)
+			src := notification.Source{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp}
+			if r.Headers != nil {
+				// A replayed dead letter keeps the id derived from where it
+				// first arrived.
+				if t, part, off, ok := dlq.Origin(r); ok {
+					src.Topic, src.Partition, src.Offset = t, part, off
+				}
+			}
+			n, err := notification.Decode(r.Value, src, p.cfg.Limits)
 			if err != nil {
 				var ne *notification.Error
 				if !errors.As(err, &ne) {
@@ -390,6 +405,11 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 		p.parts[id] = &partition{gen: p.gen, stored: pos}
 		if pos >= 0 {
 			offsets[p.cfg.Topic][id] = kgo.NewOffset().At(pos).WithEpoch(-1)
+		} else {
+			// Nothing stored: start at StartOffset, not at the group's
+			// Kafka commit, which is only a mirror (of another database,
+			// or of rows since deleted) and would skip unstored messages.
+			offsets[p.cfg.Topic][id] = p.reset
 		}
 		p.m.storedPosition.WithLabelValues(partLabel(id)).Set(float64(pos))
 	}

@@ -1,0 +1,251 @@
+package dlq
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// HeaderReplayOf names the original source ("topic/partition/offset") of a
+// replayed message, so that a message without an id keeps the id derived
+// from where it first arrived, however often it is replayed.
+const HeaderReplayOf = "notifyd.replay.of"
+
+// Origin returns the original source coordinates of a replayed record.
+func Origin(r *kgo.Record) (topic string, partition int32, offset int64, ok bool) {
+	v, found := Header(r, HeaderReplayOf)
+	if !found {
+		return "", 0, 0, false
+	}
+	i := strings.LastIndexByte(v, '/')
+	if i <= 0 {
+		return "", 0, 0, false
+	}
+	j := strings.LastIndexByte(v[:i], '/')
+	if j <= 0 {
+		return "", 0, 0, false
+	}
+	p, err1 := strconv.ParseInt(v[j+1:i], 10, 32)
+	o, err2 := strconv.ParseInt(v[i+1:], 10, 64)
+	if err1 != nil || err2 != nil {
+		return "", 0, 0, false
+	}
+	return v[:j], int32(p), o, true
+}
+
+// Filter selects dead letters. Zero fields select everything.
+type Filter struct {
+	Class      string    // decode, validate or store
+	Since      time.Time // dead letters written at or after
+	Until      time.Time // dead letters written before
+	Partition  int32     // source partition, when HasOffsets
+	From, To   int64     // source offsets [From, To], when HasOffsets
+	HasOffsets bool
+}
+
+// Match reports whether the dead letter r passes the filter.
+func (f Filter) Match(r *kgo.Record) bool {
+	if f.Class != "" {
+		if c, _ := Header(r, HeaderClass); c != f.Class {
+			return false
+		}
+	}
+	if !f.Since.IsZero() && r.Timestamp.Before(f.Since) {
+		return false
+	}
+	if !f.Until.IsZero() && !r.Timestamp.Before(f.Until) {
+		return false
+	}
+	if f.HasOffsets {
+		p, _ := Header(r, HeaderSourcePartition)
+		o, _ := Header(r, HeaderSourceOffset)
+		pi, err1 := strconv.ParseInt(p, 10, 32)
+		oi, err2 := strconv.ParseInt(o, 10, 64)
+		if err1 != nil || err2 != nil || int32(pi) != f.Partition || oi < f.From || oi > f.To {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadAll reads every record of topic that exists now, from the start of
+// each partition to its current end, and calls fn for each. It joins no
+// group and commits nothing.
+func ReadAll(ctx context.Context, cl *kgo.Client, topic string, fn func(*kgo.Record) error) error {
+	adm := kadm.NewClient(cl)
+	ends, err := adm.ListEndOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	if err := ends.Error(); err != nil {
+		return fmt.Errorf("list end offsets of %s: %w", topic, err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return fmt.Errorf("list start offsets of %s: %w", topic, err)
+	}
+	want := map[int32]int64{}
+	offsets := map[string]map[int32]kgo.Offset{topic: {}}
+	ends.Each(func(o kadm.ListedOffset) {
+		start := int64(0)
+		if s, ok := starts.Lookup(topic, o.Partition); ok {
+			start = s.Offset
+		}
+		if o.Offset > start {
+			want[o.Partition] = o.Offset
+			offsets[topic][o.Partition] = kgo.NewOffset().At(start)
+		}
+	})
+	if len(want) == 0 {
+		return nil
+	}
+	cl.AddConsumePartitions(offsets)
+	defer cl.RemoveConsumePartitions(map[string][]int32{topic: keys(want)})
+	for len(want) > 0 {
+		fs := cl.PollFetches(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		var ferr error
+		fs.EachError(func(_ string, _ int32, err error) { ferr = err })
+		if ferr != nil {
+			return fmt.Errorf("read %s: %w", topic, ferr)
+		}
+		var cbErr error
+		fs.EachRecord(func(r *kgo.Record) {
+			end, ok := want[r.Partition]
+			if !ok || cbErr != nil {
+				return
+			}
+			if r.Offset >= end-1 {
+				delete(want, r.Partition)
+			}
+			if r.Offset < end {
+				cbErr = fn(r)
+			}
+		})
+		if cbErr != nil {
+			return cbErr
+		}
+	}
+	return nil
+}
+
+func keys(m map[int32]int64) []int32 {
+	out := make([]int32, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// Group is dead letters of one class with the same kind of reason.
+type Group struct {
+	Class  string
+	Reason string // the reason with its particular values masked
+	Count  int
+	Newest time.Time
+	// Example is the full reason of the newest dead letter in the group.
+	Example string
+}
+
+var (
+	quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+	digits = regexp.MustCompile(`(^|[\s(])\d+|0x[0-9a-f]+`)
+)
+
+// reasonKind masks the particular values of a reason (quoted values after
+// the first, which names the field, and numbers) so that alike reasons
+// group together.
+func reasonKind(reason string) string {
+	n := 0
+	out := quoted.ReplaceAllStringFunc(reason, func(s string) string {
+		n++
+		if n == 1 {
+			return s
+		}
+		return `"…"`
+	})
+	return digits.ReplaceAllStringFunc(out, func(s string) string {
+		if s[0] == ' ' || s[0] == '(' || s[0] == '\t' || s[0] == '\n' {
+			return s[:1] + "N"
+		}
+		return "N"
+	})
+}
+
+// Summarize groups dead letters by class and kind of reason, newest first.
+func Summarize(recs []*kgo.Record) []Group {
+	idx := map[[2]string]*Group{}
+	for _, r := range recs {
+		class, _ := Header(r, HeaderClass)
+		reason, _ := Header(r, HeaderError)
+		k := [2]string{class, reasonKind(reason)}
+		g := idx[k]
+		if g == nil {
+			g = &Group{Class: class, Reason: k[1]}
+			idx[k] = g
+		}
+		g.Count++
+		if !r.Timestamp.Before(g.Newest) {
+			g.Newest, g.Example = r.Timestamp, reason
+		}
+	}
+	out := make([]Group, 0, len(idx))
+	for _, g := range idx {
+		out = append(out, *g)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Newest.Equal(out[j].Newest) {
+			return out[i].Newest.After(out[j].Newest)
+		}
+		return out[i].Reason < out[j].Reason
+	})
+	return out
+}
+
+// ErrReplayLimit is returned by ReplayRecord for a dead letter that was
+// replayed as often as the limit allows.
+var ErrReplayLimit = fmt.Errorf("replay limit reached")
+
+// ReplayRecord builds the input record that replays dead letter d onto
+// topic: the original key and value, the original headers without
+// notifyd's, the replay count plus one, and the original source. It refuses
+// a dead letter already replayed limit times, so that a message that keeps
+// failing is not replayed in a loop.
+func ReplayRecord(topic string, d *kgo.Record, limit int) (*kgo.Record, error) {
+	n := 0
+	if v, ok := Header(d, HeaderReplays); ok {
+		n, _ = strconv.Atoi(v)
+	}
+	if n >= limit {
+		return nil, fmt.Errorf("%w: replayed %d times already", ErrReplayLimit, n)
+	}
+	origin, ok := Header(d, HeaderReplayOf)
+	if !ok {
+		t, _ := Header(d, HeaderSourceTopic)
+		p, _ := Header(d, HeaderSourcePartition)
+		o, _ := Header(d, HeaderSourceOffset)
+		origin = t + "/" + p + "/" + o
+	}
+	r := &kgo.Record{Topic: topic, Key: d.Key, Value: d.Value}
+	for _, h := range d.Headers {
+		if isOwn(h.Key) || h.Key == HeaderReplayOf {
+			continue
+		}
+		r.Headers = append(r.Headers, h)
+	}
+	r.Headers = append(r.Headers,
+		kgo.RecordHeader{Key: HeaderReplays, Value: []byte(strconv.Itoa(n + 1))},
+		kgo.RecordHeader{Key: HeaderReplayOf, Value: []byte(origin)},
+	)
+	return r, nil
+}

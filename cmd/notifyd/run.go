@@ -64,6 +64,7 @@ type runCmd struct {
 	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"10000" help:"Messages read but not yet written, at most; fetching pauses at the bound."`
 	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"16777216" help:"Key and value bytes read but not yet written, at most."`
 	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"30s" help:"Longest the final write may take on shutdown."`
+	StatusInterval   time.Duration `name:"status-interval" env:"NOTIFYD_STATUS_INTERVAL" default:"30s" help:"How often to log a one-line status (rate, rows, dead letters, lag); 0 disables it."`
 
 	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"3" help:"Retries of a failed write before the breaker counts a failure."`
 	RetryInitial     time.Duration `name:"retry-initial-backoff" env:"NOTIFYD_RETRY_INITIAL_BACKOFF" default:"100ms" help:"First wait before a retry; doubles each retry."`
@@ -93,7 +94,7 @@ func (c *runCmd) pipelineConfig() pipeline.Config {
 		Topic: c.Topic, DLQTopic: c.DLQTopic, Group: c.Group,
 		BatchSize: c.BatchSize, FlushInterval: c.FlushInterval,
 		MaxBufferedRows: c.MaxBufferedRows, MaxBufferedBytes: c.MaxBufferedBytes,
-		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout,
+		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout, StatusInterval: c.StatusInterval,
 		Limits: notification.Limits{
 			MaxEventTypeBytes: c.MaxEventTypeBytes, MaxTitleChars: c.MaxTitleChars,
 			MaxBodyChars: c.MaxBodyChars, MaxDataBytes: c.MaxDataBytes,
@@ -138,6 +139,9 @@ func (c *runCmd) validate() error {
 	positiveD("retry-initial-backoff", c.RetryInitial)
 	positiveD("retry-max-backoff", c.RetryMax)
 	positiveD("breaker-timeout", c.BreakerTimeout)
+	if c.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("--status-interval: must not be negative, got %s", c.StatusInterval))
+	}
 	if c.RetryMaxRetries < 0 {
 		errs = append(errs, fmt.Errorf("--retry-max-retries: must be 0 or more, got %d", c.RetryMaxRetries))
 	}

@@ -26,13 +26,15 @@ import (
 //
 // Member names are matched exactly (case matters), after unescaping. Unknown
 // members are ignored, but must be valid JSON like the rest of the value.
+// Inside data, which is stored, a name twice in one object is rejected like
+// a NUL, because jsonb would keep only one of the two values.
 func Decode(value []byte, src Source, lim Limits) (Notification, error) {
 	if len(value) == 0 {
 		return Notification{}, &Error{Class: ClassDecode,
 			Reason: "value is empty (a tombstone or an empty record); want a JSON object"}
 	}
-	// encoding/json would turn invalid bytes into U+FFFD, altering the
-	// message; check the whole value before anything reads it.
+	// A decoder that turned invalid bytes into U+FFFD, as encoding/json
+	// does, would alter the message; and the scanner relies on this check.
 	if !utf8.Valid(value) {
 		at := invalidUTF8(value)
 		return Notification{}, &Error{Class: ClassDecode,

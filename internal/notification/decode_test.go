@@ -488,7 +488,7 @@ func TestErrorMessage(t *testing.T) {
 		{message("user_id", q(strings.Repeat("é", 40))), `field "user_id": "` + strings.Repeat("é", 32) + `"... (80 bytes) is not a UUID (want 8-4-4-4-12 hex digits)`},
 		{message("user_id", q(strings.Repeat("a", 40)+"\x01")), `field "user_id": invalid JSON at byte 52: control character '\x01' in a string; want it escaped`},
 		{"[]", `value is a JSON array, want a JSON object`},
-		{message() + "x", `invalid JSON at byte 157: 'x' after the end of the top-level object`},
+		{message() + "x", `invalid JSON at byte 157: 'x' after the end of the top-level value`},
 		{"{\"a\":\"\xff\"}", `value is not valid UTF-8: byte 0xff at offset 6 does not start a valid sequence`},
 		{message("extra", `"\ud800"`), `field "extra": invalid JSON at byte 166: \ud800 is an unpaired UTF-16 surrogate, which is not a character`},
 		{message("\\u0074itle", `"t"`), `field "title": appears more than once in the object, so the message is ambiguous`},

@@ -235,7 +235,7 @@ func (s *scanner) member(m *member, data bool) *Error {
 func (s *scanner) end() *Error {
 	s.ws()
 	if s.pos != len(s.buf) {
-		return s.syntax(s.pos, s.describe(s.pos)+" after the end of the top-level object")
+		return s.syntax(s.pos, s.describe(s.pos)+" after the end of the top-level value")
 	}
 	return nil
 }

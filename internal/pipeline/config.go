@@ -36,6 +36,10 @@ type Config struct {
 	// ShutdownTimeout bounds the final write on shutdown; 0 means 30 s.
 	ShutdownTimeout time.Duration
 
+	// StatusInterval is how often a one-line status is logged at info
+	// level; 0 means never.
+	StatusInterval time.Duration
+
 	Limits  notification.Limits
 	Retry   retry.Policy
 	Breaker retry.BreakerConfig

@@ -293,7 +293,7 @@ func TestConnectionTimeoutHandling(t *testing.T) {
 	hook := &connectHook{}
 	p, err := New(Config{Topic: testTopic, Group: "g"}, st, testLogger(t), nil,
 		kgo.SeedBrokers(closed), kgo.DialTimeout(time.Second), kgo.WithHooks(hook),
-		kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond }))
+		kgo.MetadataMinAge(50*time.Millisecond), kgo.RetryBackoffFn(func(int) time.Duration { return 50 * time.Millisecond }))
 	if err != nil {
 		t.Fatalf("new pipeline: %v", err)
 	}

@@ -22,6 +22,7 @@ type metrics struct {
 	bufferedBytes  prometheus.Gauge
 	assigned       prometheus.Gauge
 	storedPosition *prometheus.GaugeVec
+	lag            *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -75,13 +76,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		assigned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "notifyd_assigned_partitions", Help: "Input partitions this instance holds.",
 		}),
+		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "notifyd_consumer_lag", Help: "Messages of each held partition not yet committed: the partition's end offset minus the stored position.",
+		}, []string{"partition"}),
 		storedPosition: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "notifyd_stored_offset", Help: "Next offset to read of each held partition, as committed in the database.",
 		}, []string{"partition"}),
 	}
 	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.deadLetters, m.retries,
 		m.writes, m.fenced, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
-		m.bufferedBytes, m.assigned, m.storedPosition} {
+		m.bufferedBytes, m.assigned, m.storedPosition, m.lag} {
 		f(c)
 	}
 	for _, class := range []string{"decode", "validate", "store"} {

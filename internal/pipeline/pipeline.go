@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,8 @@ type Pipeline struct {
 	bytes    int
 	oldest   time.Time // read time of the oldest buffered message
 	inflight chan struct{} // closed when the write in flight ends; nil when none
+
+	nStored, nDead, nDup atomic.Int64 // totals for the status line
 	started  bool
 	stopping bool
 }
@@ -65,7 +68,8 @@ type partition struct {
 	stored  int64  // position committed in the database
 	reseek  bool   // records are dropped until the fetch position is moved to stored
 	entries []entry
-	caught  bool // the last fetch reached the high watermark
+	caught  bool  // the last fetch reached the high watermark
+	hwm     int64 // the partition's end offset as of the last fetch
 }
 
 // entry is one consumed message: a row to store or a dead letter to send.
@@ -162,6 +166,11 @@ func (p *Pipeline) Run(ctx context.Context) error {
 	stop := make(chan struct{})
 	werr := make(chan error, 1)
 	go func() { werr <- p.writeLoop(wctx, stop) }()
+	if p.cfg.StatusInterval > 0 {
+		sctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go p.statusLoop(sctx)
+	}
 
 	p.consume(ctx)
 
@@ -292,6 +301,8 @@ func (p *Pipeline) add(fetches kgo.Fetches) int {
 		}
 		last := fp.Records[len(fp.Records)-1]
 		ps.caught = last.Offset+1 >= fp.HighWatermark
+		ps.hwm = fp.HighWatermark
+		p.m.lag.WithLabelValues(partLabel(fp.Partition)).Set(float64(ps.hwm - max(ps.stored, 0)))
 	})
 	p.m.consumed.Add(float64(kept))
 	p.m.bufferedRows.Set(float64(p.rows))
@@ -436,6 +447,7 @@ func (p *Pipeline) revoked(ctx context.Context, _ *kgo.Client, lost map[string][
 			}
 			delete(p.parts, id)
 			p.m.storedPosition.DeleteLabelValues(partLabel(id))
+			p.m.lag.DeleteLabelValues(partLabel(id))
 		}
 	}
 	p.m.assigned.Set(float64(len(p.parts)))
@@ -507,3 +519,31 @@ func (p *Pipeline) onBreakerChange(from, to retry.State) {
 }
 
 func partLabel(id int32) string { return strconv.Itoa(int(id)) }
+
+// statusLoop logs a one-line status every StatusInterval, so that a person
+// watching the terminal sees the service working.
+func (p *Pipeline) statusLoop(ctx context.Context) {
+	t := time.NewTicker(p.cfg.StatusInterval)
+	defer t.Stop()
+	last, lastAt := p.nStored.Load(), time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			stored := p.nStored.Load()
+			p.mu.Lock()
+			var lag int64
+			for _, ps := range p.parts {
+				lag += max(ps.hwm-max(ps.stored, 0), 0)
+			}
+			held, buffered := len(p.parts), p.rows
+			p.mu.Unlock()
+			p.log.Info("status",
+				"rows_per_sec", int64(float64(stored-last)/now.Sub(lastAt).Seconds()),
+				"rows_stored", stored, "duplicates", p.nDup.Load(), "dead_letters", p.nDead.Load(),
+				"lag", lag, "buffered", buffered, "partitions", held, "breaker", p.breaker.State().String())
+			last, lastAt = stored, now
+		}
+	}
+}

@@ -186,17 +186,22 @@ func (p *Pipeline) rejecter(b *batch) func(context.Context, []postgres.Rejected)
 // committed records a successful write.
 func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result, took time.Duration) {
 	pos := make(map[int32]int64, len(b.ranges))
+	lag := make(map[int32]int64, len(b.ranges))
 	p.mu.Lock()
 	for _, r := range b.ranges {
 		if ps := p.parts[r.Partition]; ps != nil && ps.gen == b.gens[r.Partition] {
 			ps.stored = r.To
 			pos[r.Partition] = r.To
+			lag[r.Partition] = max(ps.hwm-r.To, 0)
 		}
 	}
 	p.mu.Unlock()
 
 	now := time.Now()
 	p.m.stored.Add(float64(res.Inserted))
+	p.nStored.Add(int64(res.Inserted))
+	p.nDead.Add(int64(len(b.dead) + res.Rejected))
+	p.nDup.Add(int64(res.Duplicates))
 	p.m.duplicates.Add(float64(res.Duplicates))
 	for class, n := range b.classes {
 		p.m.deadLetters.WithLabelValues(string(class)).Add(float64(n))
@@ -209,6 +214,7 @@ func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result,
 	}
 	for id, o := range pos {
 		p.m.storedPosition.WithLabelValues(partLabel(id)).Set(float64(o))
+		p.m.lag.WithLabelValues(partLabel(id)).Set(float64(lag[id]))
 	}
 	if res.Rejected > 0 {
 		p.log.Warn("rows refused by the database were dead-lettered", "rejected", res.Rejected, "stored", res.Inserted, "statements", res.Statements)

@@ -51,6 +51,9 @@ type world struct {
 	valid   map[string]*expected // by id
 	invalid map[srcPos]invalidMsg
 	resent  int // valid messages sent again with the same id (producer retries)
+	// noResend turns producer retries off, so that each row has one
+	// position (see checkPrefix).
+	noResend bool
 }
 
 // srcPos is a record's place in the input topic.
@@ -65,6 +68,7 @@ type expected struct {
 	data                               []byte // as sent; nil when absent or null
 	createdAt                          time.Time
 
+	pos      srcPos // where it was first sent
 	value    []byte // the record value, for resending
 	resend   bool   // has an id and created_at: a resend is the same row
 	derived  bool   // the id is derived from the record's position
@@ -141,7 +145,7 @@ func (w *world) produce(ctx context.Context, n int, invalidShare float64) (int, 
 			if r.Value == nil {
 				r.Key = []byte("tombstone") // a null value, not an empty one
 			}
-		case w.gen.rng.IntN(40) == 0 && w.resendable() != nil:
+		case !w.noResend && w.gen.rng.IntN(40) == 0 && w.resendable() != nil:
 			// A producer's retry: the same message again, same id.
 			e := w.resendable()
 			meta[i].exp = e
@@ -177,6 +181,7 @@ func (w *world) produce(ctx context.Context, n int, invalidShare float64) (int, 
 				continue
 			}
 		}
+		m.exp.pos = srcPos{r.Partition, r.Offset}
 		if m.exp.derived {
 			m.exp.id = notification.DerivedID(inputTopic, r.Partition, r.Offset).String()
 		}

@@ -106,6 +106,17 @@ func TestDecode(t *testing.T) {
 	derived := DerivedID(testSource.Topic, testSource.Partition, testSource.Offset)
 	recordTime := time.Date(2025, 3, 14, 9, 26, 53, 589793000, time.UTC)
 	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	// wide nests objects of 15 names n deep, more names than the scanner
+	// tracks without a map; inner goes in the innermost object.
+	wide := func(n int, inner string) string {
+		var b strings.Builder
+		for range n {
+			b.WriteString(`{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":`)
+		}
+		b.WriteString(inner)
+		b.WriteString(strings.Repeat("}", n))
+		return b.String()
+	}
 	nested17 := `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"k":11,"l":12,"m":13,"n":14,"o":15,"p":16,"q":17`
 
 	tests := []struct {
@@ -171,6 +182,8 @@ func TestDecode(t *testing.T) {
 			check: wantData(`{"a":{"x":1,"y":2},"x":[{"x":1},{"x":2}],"y":3}`)},
 		{name: "data large object without duplicates", value: message("data", nested17+`,"r":{"a":1}}`),
 			check: wantData(nested17 + `,"r":{"a":1}}`)},
+		{name: "data many names in nested objects", value: message("data", wide(6, `{"a":1,"b":2}`)),
+			check: wantData(wide(6, `{"a":1,"b":2}`))},
 		{name: "data escaped backslash before u0000 is not a NUL", value: message("data", `{"a":"\\u0000"}`),
 			check: wantData(`{"a":"\\u0000"}`)},
 		{name: "title 256 characters", value: message("title", q(strings.Repeat("é", 256))), check: wantTitle(strings.Repeat("é", 256))},
@@ -208,6 +221,8 @@ func TestDecode(t *testing.T) {
 		{name: "unknown field with duplicate names inside", value: message("extra", `{"a":1,"a":2}`), check: wantTitle("Your order has shipped")},
 		{name: "unknown field with NUL", value: message("extra", `"\u0000"`), check: wantTitle("Your order has shipped")},
 		{name: "unknown field nested deep", value: message("extra", deep(9998)), check: wantTitle("Your order has shipped")},
+		{name: "unknown field objects nested deep", value: message("extra", strings.Repeat(`{"a":`, 9998)+"1"+strings.Repeat("}", 9998)),
+			check: wantTitle("Your order has shipped")},
 		{name: "whitespace around and inside", value: " \t\r\n{ \"user_id\" : \"" + testUserID + "\" ,\n\"event_type\":\"a\",\"title\":\"t\",\"body\":\"\" } \n",
 			check: wantTitle("t")},
 		{name: "negative limits mean the defaults", value: message("title", q(strings.Repeat("a", 256))),
@@ -253,6 +268,7 @@ func TestDecode(t *testing.T) {
 		{name: "short unicode escape", value: message("body", `"\u12"`), class: ClassDecode, field: "body"},
 		{name: "non-hex unicode escape", value: message("body", `"\u12g4"`), class: ClassDecode, field: "body"},
 		{name: "nested too deep", value: message("extra", deep(10000)), class: ClassDecode, field: "extra"},
+		{name: "objects nested too deep", value: message("extra", strings.Repeat(`{"a":`, 10000)+"1"+strings.Repeat("}", 10000)), class: ClassDecode, field: "extra"},
 		{name: "lone high surrogate in title", value: message("title", `"a\ud800b"`), class: ClassDecode, field: "title"},
 		{name: "lone low surrogate in title", value: message("title", `"\udc00"`), class: ClassDecode, field: "title"},
 		{name: "high surrogate at end of title", value: message("title", `"\ud83d"`), class: ClassDecode, field: "title"},
@@ -303,6 +319,8 @@ func TestDecode(t *testing.T) {
 		{name: "data duplicate name spelled with an escape", value: message("data", `{"ab":1,"a\u0062":2}`), class: ClassValidate, field: "data"},
 		{name: "data duplicate name in a large object", value: message("data", nested17+`,"r":1,"c":3}`), class: ClassValidate, field: "data"},
 		{name: "data duplicate name after a nested object", value: message("data", `{"a":{"x":1},"b":[{"y":2}],"a":3}`), class: ClassValidate, field: "data"},
+		{name: "data duplicate name among many in nested objects", value: message("data", wide(6, `{"a":1,"b":2,"a":3}`)), class: ClassValidate, field: "data"},
+		{name: "data duplicate name in an outer object among many", value: message("data", `{"z":`+wide(6, "{}")+`,"z":1}`), class: ClassValidate, field: "data"},
 		{name: "id braces", value: message("id", q("{"+testID+"}")), class: ClassValidate, field: "id"},
 		{name: "id urn", value: message("id", q("urn:uuid:"+testID)), class: ClassValidate, field: "id"},
 		{name: "id 32 hex digits", value: message("id", q(strings.ReplaceAll(testID, "-", ""))), class: ClassValidate, field: "id"},

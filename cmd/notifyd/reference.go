@@ -1,0 +1,57 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/alecthomas/kong"
+)
+
+// settingsReference renders every command's flags, environment variables
+// and defaults as Markdown, from the same model that parses them; the test
+// suite checks docs/configuration.md against it so that the two cannot
+// drift.
+func settingsReference() (string, error) {
+	var c cli
+	k, err := kong.New(&c, kong.Name("notifyd"))
+	if err != nil {
+		return "", err
+	}
+	var sb strings.Builder
+	sb.WriteString("# Configuration reference\n\n")
+	sb.WriteString("Generated from the command-line model by `go test ./cmd/notifyd -run TestConfigurationReference -update`;\n")
+	sb.WriteString("a test fails when this file and the code disagree. Every flag can also be set by its\n")
+	sb.WriteString("environment variable; a flag given on the command line wins. Durations take Go syntax\n")
+	sb.WriteString("(`250ms`, `5s`, `1m30s`). A bad value stops notifyd at start with a message naming the flag.\n")
+	var walk func(n *kong.Node)
+	walk = func(n *kong.Node) {
+		for _, child := range n.Children {
+			if child.Type != kong.CommandNode {
+				continue
+			}
+			flags := child.Flags
+			if len(flags) > 0 {
+				fmt.Fprintf(&sb, "\n## `notifyd %s`\n\n%s\n\n", child.Path(), child.Help)
+				sb.WriteString("| flag | environment | default | meaning |\n|---|---|---|---|\n")
+				for _, f := range flags {
+					env := "—"
+					if len(f.Envs) > 0 {
+						env = "`" + strings.Join(f.Envs, "`, then `") + "`"
+					}
+					def := f.Default
+					switch {
+					case def == "":
+						def = "—"
+					default:
+						def = "`" + def + "`"
+					}
+					help := strings.ReplaceAll(f.Help, "|", "\\|")
+					fmt.Fprintf(&sb, "| `--%s` | %s | %s | %s |\n", f.Name, env, def, help)
+				}
+			}
+			walk(child)
+		}
+	}
+	walk(k.Model.Node)
+	return sb.String(), nil
+}

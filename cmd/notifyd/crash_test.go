@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"reflect"
 	"slices"
@@ -846,4 +848,334 @@ func crashLoop(t *testing.T, cr crashRun) {
 	dups := w.checkDeadLetters()
 	t.Logf("verified: %d rows exactly, offsets %v, %d invalid messages dead-lettered (%d duplicate dead letters)",
 		w.wantRows(), w.storedOffsets(cr.group), len(w.invalid), dups)
+}
+
+// checkPrefix asserts that the table holds exactly the valid messages
+// below the stored positions: what a stop left behind is consistent, with
+// nothing written past a stored position and nothing below it missing. The
+// world must have been made with noResend.
+func (w *world) checkPrefix(group string) (stored int) {
+	w.t.Helper()
+	pos := w.storedOffsets(group)
+	ids := map[string]bool{}
+	rows, err := w.pool.Query(context.Background(), "SELECT id::text FROM notifications")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			w.t.Fatal(err)
+		}
+		ids[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		w.t.Fatal(err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id, e := range w.valid {
+		below := e.pos.offset < pos[e.pos.partition]
+		if below != ids[id] {
+			w.t.Fatalf("message at %d/%d (stored position %d): row present %v, want %v",
+				e.pos.partition, e.pos.offset, pos[e.pos.partition], ids[id], below)
+		}
+		if below {
+			stored++
+		}
+	}
+	if len(ids) != stored {
+		w.t.Fatalf("table holds %d rows, want the %d below the stored positions %v", len(ids), stored, pos)
+	}
+	return stored
+}
+
+// lockTable takes an exclusive lock on the notifications table, so that
+// notifyd's writes wait; release lets them through.
+func (w *world) lockTable() (release func()) {
+	w.t.Helper()
+	ctx := context.Background()
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE"); err != nil {
+		w.t.Fatalf("lock table: %v", err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = tx.Rollback(ctx) }) }
+	w.t.Cleanup(release)
+	return release
+}
+
+// waitLockWaiter waits until a session waits for the table lock: a write of
+// notifyd is blocked.
+func (w *world) waitLockWaiter(d time.Duration) {
+	w.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		var n int
+		err := w.pool.QueryRow(context.Background(),
+			"SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'notifications'::regclass").Scan(&n)
+		if err != nil {
+			w.t.Fatal(err)
+		}
+		if n > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			w.t.Fatalf("no write waited for the table lock within %s", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// metric reads an unlabelled counter or gauge from a /metrics endpoint.
+func metric(t testing.TB, addr, name string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err != nil {
+				t.Fatalf("metric %s: %v", name, err)
+			}
+			return f
+		}
+	}
+	return 0
+}
+
+// startServing starts notifyd with JSON logs and /metrics on a free port,
+// waits until it holds its partitions, and returns it with the metrics
+// address.
+func (w *world) startServing(t *testing.T, group string, extra ...string) (*daemon, string) {
+	t.Helper()
+	args := append(w.runArgs(group, "--log-format", "json"), extra...)
+	args = append(args, "--metrics-addr", "127.0.0.1:0")
+	d := startDaemon(t, "notifyd", childEnv(), args...)
+	addr := d.jsonAttr("serving /metrics, /healthz and /readyz", "addr", 60*time.Second)
+	if _, ok := d.out.waitFor("partitions assigned", 60*time.Second); !ok {
+		t.Fatalf("no partitions assigned within 60s")
+	}
+	return d, addr
+}
+
+// waitConsumed waits until notifyd has read n messages.
+func waitConsumed(t testing.TB, addr string, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := metric(t, addr, "notifyd_messages_consumed_total")
+		if got >= float64(n) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("consumed %v messages after %s, want %d", got, d, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestGracefulShutdownSIGTERM checks the shutdown contract of `notifyd run`:
+// SIGTERM stops fetching, writes what is buffered, commits and exits 0; a
+// second signal exits at once; the final write is bounded.
+func TestGracefulShutdownSIGTERM(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the binary; skipped with -short")
+	}
+	notifydBin(t)
+
+	t.Run("stored and mirrored", func(t *testing.T) {
+		w := newWorld(t, testSeed(t))
+		d, _ := w.startServing(t, "g")
+		w.mustProduce(500, 0.05)
+		w.waitDrained("g", 60*time.Second)
+		at := time.Now()
+		d.signal(syscall.SIGTERM)
+		code, ok := d.wait(20 * time.Second)
+		if !ok || code != 0 {
+			t.Fatalf("after SIGTERM: exited %v with code %d, want exit 0 within 20s", ok, code)
+		}
+		t.Logf("SIGTERM → exit 0 in %s", time.Since(at).Round(time.Millisecond))
+		d.checkNoRace()
+		w.checkTable()
+		w.checkOffsets("g")
+		w.checkDeadLetters()
+		// The positions are mirrored to Kafka for lag tools.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		offs, err := kadm.NewClient(w.prod).FetchOffsets(ctx, "g")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for p, end := range w.endOffsets() {
+			o, _ := offs.Lookup(inputTopic, p)
+			if o.At != end {
+				t.Errorf("kafka committed offset of partition %d: got %d, want %d", p, o.At, end)
+			}
+		}
+	})
+
+	t.Run("mid-stream", func(t *testing.T) {
+		// SIGTERM while messages are still arriving: what was read is
+		// written, the rest is left for the next run, nothing in between.
+		w := newWorld(t, testSeed(t))
+		w.noResend = true
+		d, _ := w.startServing(t, "g")
+		stop := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					done <- nil
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				_, err := w.produce(ctx, 20, 0.05)
+				cancel()
+				if err != nil {
+					done <- err
+					return
+				}
+			}
+		}()
+		time.Sleep(700 * time.Millisecond)
+		d.signal(syscall.SIGTERM)
+		code, ok := d.wait(20 * time.Second)
+		close(stop)
+		if err := <-done; err != nil {
+			t.Fatalf("produce: %v", err)
+		}
+		if !ok || code != 0 {
+			t.Fatalf("after SIGTERM: exited %v with code %d, want exit 0 within 20s", ok, code)
+		}
+		d.checkNoRace()
+		n := w.checkPrefix("g")
+		t.Logf("at SIGTERM %d of %d rows were stored, consistently with the stored positions", n, w.wantRows())
+		d2 := startDaemon(t, "restart", childEnv(), w.runArgs("g")...)
+		w.waitDrained("g", 60*time.Second)
+		d2.signal(syscall.SIGTERM)
+		if code, ok := d2.wait(20 * time.Second); !ok || code != 0 {
+			t.Fatalf("restart after SIGTERM: exited %v with code %d, want 0", ok, code)
+		}
+		w.checkTable()
+		w.checkOffsets("g")
+		w.checkDeadLetters()
+	})
+
+	t.Run("flushes buffered messages", func(t *testing.T) {
+		w := newWorld(t, testSeed(t))
+		d, addr := w.startServing(t, "g", "--shutdown-timeout", "10s")
+		release := w.lockTable()
+		w.mustProduce(300, 0.05)
+		waitConsumed(t, addr, 300, 30*time.Second)
+		w.waitLockWaiter(10 * time.Second)
+		at := time.Now()
+		d.signal(syscall.SIGTERM)
+		time.Sleep(500 * time.Millisecond)
+		if !d.running() {
+			t.Fatalf("exited before its buffered messages could be written:\n%s", d.out.tail(20))
+		}
+		release()
+		code, ok := d.wait(20 * time.Second)
+		if !ok || code != 0 {
+			t.Fatalf("after SIGTERM: exited %v with code %d, want exit 0 within 20s", ok, code)
+		}
+		t.Logf("SIGTERM with 300 messages buffered behind a locked table → exit 0 in %s (500 ms of it locked)", time.Since(at).Round(time.Millisecond))
+		d.checkNoRace()
+		w.checkTable()
+		w.checkOffsets("g")
+		w.checkDeadLetters()
+	})
+
+	t.Run("second signal exits at once", func(t *testing.T) {
+		w := newWorld(t, testSeed(t))
+		w.noResend = true
+		d, addr := w.startServing(t, "g")
+		release := w.lockTable()
+		w.mustProduce(200, 0.05)
+		waitConsumed(t, addr, 200, 30*time.Second)
+		w.waitLockWaiter(10 * time.Second)
+		d.signal(syscall.SIGTERM)
+		time.Sleep(300 * time.Millisecond)
+		if !d.running() {
+			t.Fatalf("exited while its final write was blocked:\n%s", d.out.tail(20))
+		}
+		at := time.Now()
+		d.signal(syscall.SIGINT)
+		code, ok := d.wait(5 * time.Second)
+		if !ok {
+			t.Fatalf("still running 5s after a second signal")
+		}
+		if code == 0 {
+			t.Fatalf("exit code after a second signal: got 0, want non-zero")
+		}
+		if !strings.Contains(d.out.String(), "exiting now") {
+			t.Errorf("output does not say it exits at once:\n%s", d.out.tail(10))
+		}
+		t.Logf("second signal → exit %d in %s", code, time.Since(at).Round(time.Millisecond))
+		release()
+		w.checkPrefix("g")
+		d2 := startDaemon(t, "restart", childEnv(), w.runArgs("g")...)
+		w.waitDrained("g", 60*time.Second)
+		d2.signal(syscall.SIGTERM)
+		if code, ok := d2.wait(20 * time.Second); !ok || code != 0 {
+			t.Fatalf("restart after SIGTERM: exited %v with code %d, want 0", ok, code)
+		}
+		w.checkTable()
+		w.checkOffsets("g")
+		w.checkDeadLetters()
+	})
+
+	t.Run("final write bounded by shutdown timeout", func(t *testing.T) {
+		w := newWorld(t, testSeed(t))
+		w.noResend = true
+		d, addr := w.startServing(t, "g", "--shutdown-timeout", "2s")
+		release := w.lockTable()
+		w.mustProduce(200, 0)
+		waitConsumed(t, addr, 200, 30*time.Second)
+		w.waitLockWaiter(10 * time.Second)
+		at := time.Now()
+		d.signal(syscall.SIGTERM)
+		// 2 s for the write, then at most 5 s to mirror offsets and leave.
+		code, ok := d.wait(15 * time.Second)
+		if !ok {
+			t.Fatalf("still running 15s after SIGTERM with --shutdown-timeout 2s")
+		}
+		took := time.Since(at)
+		if code == 0 {
+			t.Fatalf("exit code when the final write could not finish: got 0, want non-zero")
+		}
+		if took < 2*time.Second {
+			t.Errorf("gave up the final write after %s, before --shutdown-timeout 2s", took)
+		}
+		if !strings.Contains(d.out.String(), "not written within 2s") {
+			t.Errorf("output does not say what was not written:\n%s", d.out.tail(10))
+		}
+		t.Logf("SIGTERM with the table locked → exit %d after %s", code, took.Round(time.Millisecond))
+		d.checkNoRace()
+		release()
+		if n := w.checkPrefix("g"); n != 0 {
+			t.Errorf("%d rows stored behind a locked table, want 0", n)
+		}
+		d2 := startDaemon(t, "restart", childEnv(), w.runArgs("g")...)
+		w.waitDrained("g", 60*time.Second)
+		d2.signal(syscall.SIGTERM)
+		if code, ok := d2.wait(20 * time.Second); !ok || code != 0 {
+			t.Fatalf("restart after SIGTERM: exited %v with code %d, want 0", ok, code)
+		}
+		w.checkTable()
+		w.checkOffsets("g")
+	})
 }

@@ -363,10 +363,14 @@ func TestFailureDeadLetterProduceErrors(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	quickFailure(&e.cfg)
-	r := e.start()
+	// The client retries a retriable produce error after a metadata
+	// refresh, at most every MetadataMinAge (default 5 s): shortened here
+	// so that five of them do not take 25 s.
+	r := e.start(kgo.MetadataMinAge(250 * time.Millisecond))
 	sent := &mixed{bad: map[string]*kgo.Record{}, per: map[int32]int64{}}
 
 	// Errors the Kafka client retries by itself.
+	start := time.Now()
 	retriable := e.cluster.Fault(kfake.Fault{
 		Keys: []kmsg.Key{kmsg.Produce}, Topic: dlqTopic, Err: kerr.NotEnoughReplicas, Count: 5,
 	})
@@ -375,7 +379,8 @@ func TestFailureDeadLetterProduceErrors(t *testing.T) {
 	if retriable.Hits() == 0 {
 		t.Fatalf("retriable produce fault never fired")
 	}
-	t.Logf("retriable dead-letter produce errors: %d", retriable.Hits())
+	t.Logf("%d retriable dead-letter produce errors: all stored and dead-lettered in %s",
+		retriable.Hits(), time.Since(start).Round(time.Millisecond))
 
 	// Errors the client gives up on: the pipeline must keep trying, and no
 	// position may move past a message whose dead letter is not written.
@@ -451,7 +456,10 @@ func TestFailureFetchErrors(t *testing.T) {
 	)
 	sent := &mixed{bad: map[string]*kgo.Record{}, per: map[int32]int64{}}
 	e.sendMixed(sent, 0, 200, 50)
-	r := e.start()
+	start := time.Now()
+	// As in TestFailureDeadLetterProduceErrors: a fetch error waits for a
+	// metadata refresh, at most every MetadataMinAge.
+	r := e.start(kgo.MetadataMinAge(250 * time.Millisecond))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := faults.Wait(ctx, 15); err != nil {
@@ -459,6 +467,7 @@ func TestFailureFetchErrors(t *testing.T) {
 	}
 	e.sendMixed(sent, 1000, 100, 50)
 	e.waitStoredOffsets(sent.per, 30*time.Second)
+	t.Logf("%d fetch errors: all stored in %s", faults.Hits(), time.Since(start).Round(time.Millisecond))
 	e.checkTable(sent.valid)
 	e.checkDeadLetters(sent.bad, badClass(sent.bad))
 	if got := r.metric("notifyd_duplicates_skipped_total"); got != 0 {

@@ -142,9 +142,9 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 	return n, nil
 }
 
-// stringField returns the string value of member f, and whether it has one. Absent
-// and null are the same: an error when the member is required, no value when
-// it is optional.
+// stringField returns the string value of member f, and whether it has one.
+// Absent and null are the same: an error when the member is required, no
+// value when it is optional.
 func (s *scanner) stringField(m *[numFields]member, texts *[numFields]string, f int, required bool) (string, bool, *Error) {
 	mem := &m[f]
 	switch {
@@ -160,7 +160,7 @@ func (s *scanner) stringField(m *[numFields]member, texts *[numFields]string, f 
 		return "", false, invalid(f, "is "+kindName(mem.kind)+", want a string")
 	case mem.nul >= 0:
 		return "", false, invalid(f, "contains a NUL character (\\u0000 at byte "+strconv.Itoa(mem.nul)+
-			"), which PostgreSQL cannot store in text")
+			"), which PostgreSQL cannot store")
 	}
 	return texts[f], true, nil
 }

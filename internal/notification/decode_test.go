@@ -510,7 +510,7 @@ func TestErrorMessage(t *testing.T) {
 		{"{\"a\":\"\xff\"}", `value is not valid UTF-8: byte 0xff at offset 6 does not start a valid sequence`},
 		{message("extra", `"\ud800"`), `field "extra": invalid JSON at byte 166: \ud800 is an unpaired UTF-16 surrogate, which is not a character`},
 		{message("\\u0074itle", `"t"`), `field "title": appears more than once in the object, so the message is ambiguous`},
-		{message("body", `"\u0000"`), `field "body": contains a NUL character (\u0000 at byte 120), which PostgreSQL cannot store in text`},
+		{message("body", `"\u0000"`), `field "body": contains a NUL character (\u0000 at byte 120), which PostgreSQL cannot store`},
 	} {
 		_, err := Decode([]byte(tt.value), testSource, Limits{})
 		if err == nil || err.Error() != tt.want {

@@ -38,81 +38,103 @@ func FuzzDecode(f *testing.F) {
 	f.Fuzz(func(t *testing.T, value []byte, limit uint16) {
 		// One small limit for every field lets the fuzzer reach every bound.
 		lim := Limits{MaxEventTypeBytes: int(limit), MaxTitleChars: int(limit), MaxBodyChars: int(limit), MaxDataBytes: int(limit)}
-		n, err := Decode(value, testSource, lim)
-		if err != nil {
-			var e *Error
-			if !errors.As(err, &e) {
-				t.Fatalf("got error %T %v, want *Error", err, err)
-			}
-			if e.Class != ClassDecode && e.Class != ClassValidate {
-				t.Fatalf("got class %q, want decode or validate", e.Class)
-			}
-			if e.Reason == "" || !utf8.ValidString(e.Error()) {
-				t.Fatalf("got message %q, want a valid, non-empty sentence", e.Error())
-			}
-			if !json.Valid(value) && e.Class != ClassDecode {
-				t.Fatalf("encoding/json finds %q invalid: got class %q (%v), want decode", value, e.Class, e)
-			}
-			return
-		}
-		if !json.Valid(value) || !utf8.Valid(value) {
-			t.Fatalf("accepted %q, which is not valid JSON in UTF-8", value)
-		}
-		checkNotification(t, n, lim)
-
-		// encoding/json agrees on every field of an accepted message: its
-		// leniencies (U+FFFD for bad surrogates, last duplicate wins) cannot
-		// matter once Decode has accepted.
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(value, &m); err != nil {
-			t.Fatalf("json.Unmarshal of an accepted value: %v", err)
-		}
-		str := func(name string) string {
-			var s string
-			if err := json.Unmarshal(m[name], &s); err != nil {
-				t.Fatalf("%s: %v", name, err)
-			}
-			return s
-		}
-		if got, want := n.UserID, uuid.MustParse(str("user_id")); got != want {
-			t.Errorf("UserID: got %v, want %v", got, want)
-		}
-		if got, want := n.EventType, str("event_type"); got != want {
-			t.Errorf("EventType: got %q, want %q", got, want)
-		}
-		if got, want := n.Title, str("title"); got != want {
-			t.Errorf("Title: got %q, want %q", got, want)
-		}
-		if got, want := n.Body, str("body"); got != want {
-			t.Errorf("Body: got %q, want %q", got, want)
-		}
-		if raw, ok := m["id"]; ok && string(raw) != "null" {
-			if got, want := n.ID, uuid.MustParse(str("id")); got != want {
-				t.Errorf("ID: got %v, want %v", got, want)
-			}
-		} else if got, want := n.ID, DerivedID(testSource.Topic, testSource.Partition, testSource.Offset); got != want {
-			t.Errorf("derived ID: got %v, want %v", got, want)
-		}
-		wantTime := testSource.Timestamp
-		if raw, ok := m["created_at"]; ok && string(raw) != "null" {
-			if wantTime, err = time.Parse(time.RFC3339Nano, str("created_at")); err != nil {
-				t.Fatalf("created_at: %v", err)
-			}
-		}
-		if got, want := n.CreatedAt, wantTime.Truncate(time.Microsecond); !got.Equal(want) {
-			t.Errorf("CreatedAt: got %v, want %v", got, want)
-		}
-		if raw, ok := m["data"]; ok && string(raw) != "null" {
-			if string(n.Data) != string(raw) {
-				t.Errorf("Data: got %q, want %q", n.Data, raw)
-			}
-		} else if n.Data != nil {
-			t.Errorf("Data: got %q, want nil", n.Data)
-		}
-
-		again, err := Decode(value, testSource, lim)
-		if err != nil || again.ID != n.ID || again.Title != n.Title || string(again.Data) != string(n.Data) {
-			t.Errorf("second Decode: got %+v, %v, want %+v", again, err, n)
-		}
+		checkDecode(t, value, lim)
 	})
+}
+
+// FuzzDecodeFields puts fuzzed text between the quotes of a valid message's
+// strings and into its data, so that far more of what the fuzzer tries is
+// accepted and compared with encoding/json than FuzzDecode reaches.
+func FuzzDecodeFields(f *testing.F) {
+	f.Add("Your order has shipped", `It left\nthe warehouse \u00e9 \ud83d\ude00`, "order.shipped", `{"a":[1,"\\u0000"]}`, "2025-03-14T11:00:00.5+02:00")
+	f.Add(`\ud800`, `\u0000`, `a\u002eb`, `{"a":1,"a":2}`, "")
+	f.Fuzz(func(t *testing.T, title, body, eventType, data, createdAt string) {
+		kv := []string{"title", q(title), "body", q(body), "event_type", q(eventType), "data", data}
+		if createdAt != "" {
+			kv = append(kv, "created_at", q(createdAt))
+		}
+		checkDecode(t, []byte(message(kv...)), Limits{})
+	})
+}
+
+// checkDecode decodes value and fails t unless the result obeys every rule
+// and agrees with encoding/json.
+func checkDecode(t *testing.T, value []byte, lim Limits) {
+	t.Helper()
+	n, err := Decode(value, testSource, lim)
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			t.Fatalf("got error %T %v, want *Error", err, err)
+		}
+		if e.Class != ClassDecode && e.Class != ClassValidate {
+			t.Fatalf("got class %q, want decode or validate", e.Class)
+		}
+		if e.Reason == "" || !utf8.ValidString(e.Error()) {
+			t.Fatalf("got message %q, want a valid, non-empty sentence", e.Error())
+		}
+		if !json.Valid(value) && e.Class != ClassDecode {
+			t.Fatalf("encoding/json finds %q invalid: got class %q (%v), want decode", value, e.Class, e)
+		}
+		return
+	}
+	if !json.Valid(value) || !utf8.Valid(value) {
+		t.Fatalf("accepted %q, which is not valid JSON in UTF-8", value)
+	}
+	checkNotification(t, n, lim)
+
+	// encoding/json agrees on every field of an accepted message: its
+	// leniencies (U+FFFD for bad surrogates, last duplicate wins) cannot
+	// matter once Decode has accepted.
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(value, &m); err != nil {
+		t.Fatalf("json.Unmarshal of an accepted value: %v", err)
+	}
+	str := func(name string) string {
+		var s string
+		if err := json.Unmarshal(m[name], &s); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		return s
+	}
+	if got, want := n.UserID, uuid.MustParse(str("user_id")); got != want {
+		t.Errorf("UserID: got %v, want %v", got, want)
+	}
+	if got, want := n.EventType, str("event_type"); got != want {
+		t.Errorf("EventType: got %q, want %q", got, want)
+	}
+	if got, want := n.Title, str("title"); got != want {
+		t.Errorf("Title: got %q, want %q", got, want)
+	}
+	if got, want := n.Body, str("body"); got != want {
+		t.Errorf("Body: got %q, want %q", got, want)
+	}
+	if raw, ok := m["id"]; ok && string(raw) != "null" {
+		if got, want := n.ID, uuid.MustParse(str("id")); got != want {
+			t.Errorf("ID: got %v, want %v", got, want)
+		}
+	} else if got, want := n.ID, DerivedID(testSource.Topic, testSource.Partition, testSource.Offset); got != want {
+		t.Errorf("derived ID: got %v, want %v", got, want)
+	}
+	wantTime := testSource.Timestamp
+	if raw, ok := m["created_at"]; ok && string(raw) != "null" {
+		if wantTime, err = time.Parse(time.RFC3339Nano, str("created_at")); err != nil {
+			t.Fatalf("created_at: %v", err)
+		}
+	}
+	if got, want := n.CreatedAt, wantTime.Truncate(time.Microsecond); !got.Equal(want) {
+		t.Errorf("CreatedAt: got %v, want %v", got, want)
+	}
+	if raw, ok := m["data"]; ok && string(raw) != "null" {
+		if string(n.Data) != string(raw) {
+			t.Errorf("Data: got %q, want %q", n.Data, raw)
+		}
+	} else if n.Data != nil {
+		t.Errorf("Data: got %q, want nil", n.Data)
+	}
+
+	again, err := Decode(value, testSource, lim)
+	if err != nil || again.ID != n.ID || again.Title != n.Title || string(again.Data) != string(n.Data) {
+		t.Errorf("second Decode: got %+v, %v, want %+v", again, err, n)
+	}
 }

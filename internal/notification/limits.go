@@ -22,7 +22,8 @@ type Limits struct {
 	MaxTitleChars int
 	// MaxBodyChars bounds body, in characters (code points). Default 4096.
 	MaxBodyChars int
-	// MaxDataBytes bounds data, in bytes of JSON as sent. Default 16384.
+	// MaxDataBytes bounds data, in bytes of JSON as sent, from its '{' to
+	// its '}'. Default 16384 (16 KiB).
 	MaxDataBytes int
 }
 

@@ -1048,6 +1048,7 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 					done <- err
 					return
 				}
+				time.Sleep(5 * time.Millisecond)
 			}
 		}()
 		time.Sleep(700 * time.Millisecond)
@@ -1102,7 +1103,9 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 	t.Run("second signal exits at once", func(t *testing.T) {
 		w := newWorld(t, testSeed(t))
 		w.noResend = true
-		d, addr := w.startServing(t, "g")
+		// Static membership: the restart below takes the partitions back
+		// without waiting for the killed member's session to expire.
+		d, addr := w.startServing(t, "g", "--instance-id", "g-1")
 		release := w.lockTable()
 		w.mustProduce(200, 0.05)
 		waitConsumed(t, addr, 200, 30*time.Second)
@@ -1127,7 +1130,7 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 		t.Logf("second signal → exit %d in %s", code, time.Since(at).Round(time.Millisecond))
 		release()
 		w.checkPrefix("g")
-		d2 := startDaemon(t, "restart", childEnv(), w.runArgs("g")...)
+		d2 := startDaemon(t, "restart", childEnv(), w.runArgs("g", "--instance-id", "g-1")...)
 		w.waitDrained("g", 60*time.Second)
 		d2.signal(syscall.SIGTERM)
 		if code, ok := d2.wait(20 * time.Second); !ok || code != 0 {

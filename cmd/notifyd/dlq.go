@@ -33,6 +33,18 @@ type dlqFlags struct {
 	Since       time.Time `name:"since" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written at or after this time (RFC 3339)."`
 	Until       time.Time `name:"until" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written before this time (RFC 3339)."`
 	SourceRange string    `name:"source-offsets" help:"Only dead letters from these source offsets: PARTITION:FROM-TO (inclusive) or PARTITION:OFFSET."`
+
+	// out receives the command's report; nil means standard output. Tests
+	// set it to read what an operator would see.
+	out io.Writer `kong:"-"`
+}
+
+// stdout is where the command's report goes.
+func (f *dlqFlags) stdout() io.Writer {
+	if f.out != nil {
+		return f.out
+	}
+	return os.Stdout
 }
 
 func (f *dlqFlags) dlqTopic() string {
@@ -108,7 +120,7 @@ func (c *dlqListCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return printList(os.Stdout, c.dlqTopic(), recs)
+	return printList(c.stdout(), c.dlqTopic(), recs)
 }
 
 func printList(w io.Writer, topic string, recs []*kgo.Record) error {
@@ -157,10 +169,10 @@ func (c *dlqShowCmd) Run(ctx context.Context) error {
 		recs = recs[len(recs)-c.Last:]
 	}
 	for _, r := range recs {
-		printLetter(os.Stdout, r)
+		printLetter(c.stdout(), r)
 	}
 	if len(recs) == 0 {
-		fmt.Println("no dead letters match")
+		fmt.Fprintln(c.stdout(), "no dead letters match")
 	}
 	return nil
 }
@@ -246,8 +258,8 @@ func (c *dlqReplayCmd) Run(ctx context.Context) error {
 		out = append(out, r)
 	}
 	if c.DryRun {
-		fmt.Printf("dry run: would replay %d dead letters onto %s (%d skipped at the replay limit)\n", len(out), c.Topic, skipped)
-		return printList(os.Stdout, c.dlqTopic(), recs)
+		fmt.Fprintf(c.stdout(), "dry run: would replay %d dead letters onto %s (%d skipped at the replay limit)\n", len(out), c.Topic, skipped)
+		return printList(c.stdout(), c.dlqTopic(), recs)
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...))
 	if err != nil {
@@ -267,6 +279,6 @@ func (c *dlqReplayCmd) Run(ctx context.Context) error {
 	if len(out) > 0 {
 		fmt.Fprintln(os.Stderr)
 	}
-	fmt.Printf("replayed %d dead letters onto %s; %d skipped at the replay limit\n", done, c.Topic, skipped)
+	fmt.Fprintf(c.stdout(), "replayed %d dead letters onto %s; %d skipped at the replay limit\n", done, c.Topic, skipped)
 	return nil
 }

@@ -24,9 +24,20 @@ func (c *migrateCmd) Help() string {
 	return "Examples:\n  notifyd migrate\n  notifyd migrate --database-url postgres://notifyd@db:5432/app"
 }
 
+// validate names the bad setting as the command line does.
+func (f dbFlags) validate() error {
+	if f.DBMaxConns < 0 {
+		return fmt.Errorf("--db-max-conns: must be 0 (the default, 4) or more, got %d", f.DBMaxConns)
+	}
+	if err := f.config().Validate(); err != nil {
+		return fmt.Errorf("--database-url: %w", err)
+	}
+	return nil
+}
+
 func (c *migrateCmd) Run(ctx context.Context) error {
-	if err := c.config().Validate(); err != nil {
-		return err
+	if err := c.validate(); err != nil {
+		return fmt.Errorf("bad settings:\n%w", err)
 	}
 	st, err := postgres.Open(ctx, c.config())
 	if err != nil {

@@ -64,6 +64,7 @@ type runCmd struct {
 	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"10000" help:"Messages read but not yet written, at most; fetching pauses at the bound."`
 	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"16777216" help:"Key and value bytes read but not yet written, at most."`
 	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"30s" help:"Longest the final write may take on shutdown."`
+	WriteTimeout     time.Duration `name:"write-timeout" env:"NOTIFYD_WRITE_TIMEOUT" default:"5s" help:"Longest one write attempt may take before it counts as failed and is retried."`
 	StatusInterval   time.Duration `name:"status-interval" env:"NOTIFYD_STATUS_INTERVAL" default:"30s" help:"How often to log a one-line status (rate, rows, dead letters, lag); 0 disables it."`
 
 	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"3" help:"Retries of a failed write before the breaker counts a failure."`
@@ -94,7 +95,7 @@ func (c *runCmd) pipelineConfig() pipeline.Config {
 		Topic: c.Topic, DLQTopic: c.DLQTopic, Group: c.Group,
 		BatchSize: c.BatchSize, FlushInterval: c.FlushInterval,
 		MaxBufferedRows: c.MaxBufferedRows, MaxBufferedBytes: c.MaxBufferedBytes,
-		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout, StatusInterval: c.StatusInterval,
+		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout, StatusInterval: c.StatusInterval, WriteTimeout: c.WriteTimeout,
 		Limits: notification.Limits{
 			MaxEventTypeBytes: c.MaxEventTypeBytes, MaxTitleChars: c.MaxTitleChars,
 			MaxBodyChars: c.MaxBodyChars, MaxDataBytes: c.MaxDataBytes,
@@ -136,6 +137,7 @@ func (c *runCmd) validate() error {
 	positive("db-max-conns", int(c.DBMaxConns))
 	positiveD("flush-interval", c.FlushInterval)
 	positiveD("shutdown-timeout", c.ShutdownTimeout)
+	positiveD("write-timeout", c.WriteTimeout)
 	positiveD("retry-initial-backoff", c.RetryInitial)
 	positiveD("retry-max-backoff", c.RetryMax)
 	positiveD("breaker-timeout", c.BreakerTimeout)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -311,15 +310,4 @@ func runBinary(t testing.TB, env []string, timeout time.Duration, args ...string
 		}
 	}
 	return cmd.ProcessState.ExitCode(), o.String(), e.String()
-}
-
-// scanLines is a small helper for tests that read a child's output.
-func scanLines(s string) []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(s))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		out = append(out, sc.Text())
-	}
-	return out
 }

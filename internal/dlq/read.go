@@ -157,28 +157,33 @@ type Group struct {
 	Example string
 }
 
-var (
-	quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
-	digits = regexp.MustCompile(`(^|[\s(])\d+|0x[0-9a-f]+`)
-)
+// reasonPart matches, in a reason, what reasonKind keeps or masks: an
+// identifier PostgreSQL names (relation, constraint, column, table, index)
+// or a SQLSTATE, which say what kind of failure it is and are kept; a
+// quoted value; a number. Hex comes before decimal, or the 0 of " 0xff"
+// would be taken for a number and "xff" left unmasked.
+var reasonPart = regexp.MustCompile(`(?:relation|constraint|column|table|index) "(?:[^"\\]|\\.)*"|SQLSTATE [0-9A-Z]{5}|` +
+	`"(?:[^"\\]|\\.)*"|(?:^|[\s(])(?:0x[0-9a-f]+|\d+)|0x[0-9a-f]+`)
 
 // reasonKind masks the particular values of a reason (quoted values after
 // the first, which names the field, and numbers) so that alike reasons
-// group together.
+// group together; the names of database objects and SQLSTATEs are kept.
 func reasonKind(reason string) string {
 	n := 0
-	out := quoted.ReplaceAllStringFunc(reason, func(s string) string {
-		n++
-		if n == 1 {
-			return s
+	return reasonPart.ReplaceAllStringFunc(reason, func(s string) string {
+		switch c := s[0]; {
+		case c == '"':
+			n++
+			if n == 1 {
+				return s
+			}
+			return `"…"`
+		case c >= '0' && c <= '9':
+			return "N"
+		case c == ' ' || c == '(' || c == '\t' || c == '\n' || c == '\r' || c == '\f':
+			return s[:1] + "N" // keep the separator
 		}
-		return `"…"`
-	})
-	return digits.ReplaceAllStringFunc(out, func(s string) string {
-		if s[0] == ' ' || s[0] == '(' || s[0] == '\t' || s[0] == '\n' {
-			return s[:1] + "N"
-		}
-		return "N"
+		return s // a database object's name, a SQLSTATE
 	})
 }
 

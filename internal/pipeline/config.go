@@ -24,14 +24,19 @@ type Config struct {
 	// up with every partition it holds: nothing more is coming to fill it.
 	FlushInterval time.Duration
 	// MaxBufferedRows and MaxBufferedBytes bound what is read but not yet
-	// written; at the bound, fetching stops until a write completes. 0
-	// means 10,000 messages and 16 MiB of keys and values.
+	// taken by a write; at the bound, fetching stops until the writer takes
+	// the buffer. One batch of at most the same size may be in flight
+	// besides. 0 means 10,000 messages and 16 MiB of keys and values.
 	MaxBufferedRows  int
 	MaxBufferedBytes int
 
 	// StartOffset is where a partition with no stored position starts:
 	// "earliest" (the default) or "latest".
 	StartOffset string
+
+	// WriteTimeout bounds one write attempt, so that a database that hangs
+	// without failing counts as a failure; 0 means 5 s.
+	WriteTimeout time.Duration
 
 	// ShutdownTimeout bounds the final write on shutdown; 0 means 30 s.
 	ShutdownTimeout time.Duration
@@ -78,6 +83,9 @@ func (c Config) withDefaults() Config {
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 30 * time.Second
 	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = defaultWriteTimeout
+	}
 	return c
 }
 
@@ -102,6 +110,9 @@ func (c Config) Validate() error {
 	}
 	if c.StartOffset != "" && c.StartOffset != "earliest" && c.StartOffset != "latest" {
 		errs = append(errs, fmt.Errorf("start-offset: must be earliest or latest, got %q", c.StartOffset))
+	}
+	if c.WriteTimeout < 0 {
+		errs = append(errs, fmt.Errorf("write-timeout: must be positive, got %s", c.WriteTimeout))
 	}
 	if c.ShutdownTimeout < 0 {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))

@@ -68,10 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 		bufferedRows: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "notifyd_buffered_messages", Help: "Messages read and not yet committed.",
+			Name: "notifyd_buffered_messages", Help: "Messages read and not yet taken by a write (a write in flight holds at most as many again).",
 		}),
 		bufferedBytes: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "notifyd_buffered_bytes", Help: "Key and value bytes of messages read and not yet committed.",
+			Name: "notifyd_buffered_bytes", Help: "Key and value bytes of messages read and not yet taken by a write.",
 		}),
 		assigned: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "notifyd_assigned_partitions", Help: "Input partitions this instance holds.",

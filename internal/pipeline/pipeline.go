@@ -54,12 +54,12 @@ type Pipeline struct {
 	gen      uint64
 	rows     int // buffered messages, all partitions
 	bytes    int
-	oldest   time.Time // read time of the oldest buffered message
+	oldest   time.Time     // read time of the oldest buffered message
 	inflight chan struct{} // closed when the write in flight ends; nil when none
 
 	nStored, nDead, nDup atomic.Int64 // totals for the status line
-	started  bool
-	stopping bool
+	started              bool
+	stopping             bool
 }
 
 // partition is the state of one held partition.
@@ -102,6 +102,9 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		reset = kgo.NewOffset().AtEnd()
 	}
 	p.reset = reset
+	// Look up a moved partition or a returned broker within a second,
+	// not franz-go's default five; the caller's options may override it.
+	opts = append([]kgo.Opt{kgo.MetadataMinAge(time.Second)}, opts...)
 	opts = append(opts,
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topic),

@@ -14,9 +14,9 @@ import (
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
-// writeTimeout bounds one write attempt, so that a connection that hangs
+// WriteTimeout (default below) bounds one write attempt, so that a connection that hangs
 // without failing is given up and retried.
-const writeTimeout = 15 * time.Second
+const defaultWriteTimeout = 5 * time.Second
 
 // batch is what one write takes from the buffer.
 type batch struct {
@@ -28,6 +28,7 @@ type batch struct {
 	dead    []*kgo.Record // dead letters of messages that failed to decode or validate
 	classes map[notification.Class]int
 	stamps  []time.Time // record timestamps, for end-to-end latency
+	parts   []int32     // the partition of each stamp
 	sent    bool        // dead letters published
 }
 
@@ -76,6 +77,7 @@ func (p *Pipeline) take(trigger string) *batch {
 		b.gens[id] = ps.gen
 		for _, e := range ps.entries {
 			b.stamps = append(b.stamps, e.rec.Timestamp)
+			b.parts = append(b.parts, id)
 			if e.bad != nil {
 				b.dead = append(b.dead, dlq.Letter(p.cfg.DLQTopic, e.rec, string(e.bad.Class), e.bad.Error(), 1))
 				b.classes[e.bad.Class]++
@@ -125,7 +127,7 @@ func (p *Pipeline) write(ctx context.Context, b *batch) error {
 		var res postgres.Result
 		err := p.breaker.Do(func() error {
 			return p.cfg.Retry.Do(ctx, func(ctx context.Context) error {
-				wctx, cancel := context.WithTimeout(ctx, writeTimeout)
+				wctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
 				defer cancel()
 				var err error
 				res, err = p.store.Write(wctx, &postgres.Batch{
@@ -269,6 +271,15 @@ func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32) error {
 		}
 	}
 	b.rows, b.rowRecs = rows, recs
+	var stamps []time.Time
+	var parts []int32
+	for i, part := range b.parts {
+		if !out(part) {
+			stamps = append(stamps, b.stamps[i])
+			parts = append(parts, part)
+		}
+	}
+	b.stamps, b.parts = stamps, parts
 	return nil
 }
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-		"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/retry"
@@ -196,6 +196,7 @@ func (s *Store) Write(ctx context.Context, b *Batch, reject func(context.Context
 		// this time isolating the bad rows behind savepoints. The common
 		// path pays for no savepoints.
 		res, err = s.write(ctx, b, true, reject)
+		res.Statements++ // the first, refused statement
 	}
 	return res, err
 }

@@ -10,10 +10,12 @@ import (
 )
 
 // BreakerConfig configures a Breaker. The zero value opens after 5
-// consecutive failed operations and probes again after 5 s.
+// consecutive failed operations and probes again after 1 s: probing is
+// one cheap attempt, and a short timeout is what lets flow resume within a
+// second of the database's return.
 type BreakerConfig struct {
 	Threshold int           // consecutive failures that open the breaker; 0 means 5
-	Timeout   time.Duration // how long it stays open before a probe; 0 means 5 s
+	Timeout   time.Duration // how long it stays open before a probe; 0 means 1 s
 }
 
 // Validate reports a setting that cannot work.
@@ -58,7 +60,7 @@ func NewBreaker(cfg BreakerConfig, onChange func(from, to State)) *Breaker {
 		cfg.Threshold = 5
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = 5 * time.Second
+		cfg.Timeout = time.Second
 	}
 	st := gobreaker.Settings{
 		Name:        "database",

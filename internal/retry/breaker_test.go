@@ -93,14 +93,14 @@ func TestBreakerDefaults(t *testing.T) {
 	t.Parallel()
 	synctest.Test(t, func(t *testing.T) {
 		b := NewBreaker(BreakerConfig{}, nil)
-		if got, want := b.Timeout(), 5*time.Second; got != want {
+		if got, want := b.Timeout(), time.Second; got != want {
 			t.Errorf("timeout: got %s, want %s", got, want)
 		}
 		fail(t, b, 4)
 		wantState(t, b, Closed)
 		fail(t, b, 1)
 		wantState(t, b, Open)
-		time.Sleep(5*time.Second - time.Millisecond)
+		time.Sleep(time.Second - time.Millisecond)
 		wantState(t, b, Open)
 		time.Sleep(2 * time.Millisecond)
 		wantState(t, b, HalfOpen)

@@ -72,12 +72,27 @@ func (p Policy) withDefaults() Policy {
 // Backoff returns the sequence of waits of p, starting afresh.
 func (p Policy) Backoff() backoff.BackOff {
 	p = p.withDefaults()
-	return &backoff.ExponentialBackOff{
+	return capped{&backoff.ExponentialBackOff{
 		InitialInterval:     p.Initial,
 		RandomizationFactor: p.Jitter,
 		Multiplier:          p.Multiplier,
 		MaxInterval:         p.Max,
+	}, p.Max}
+}
+
+// capped holds every wait to the cap: the library applies jitter after its
+// own cap, which would let a wait reach Max × (1 + Jitter).
+type capped struct {
+	backoff.BackOff
+	max time.Duration
+}
+
+func (c capped) NextBackOff() time.Duration {
+	d := c.BackOff.NextBackOff()
+	if d == backoff.Stop {
+		return d
 	}
+	return min(d, c.max)
 }
 
 // Do runs op until it succeeds, fails permanently, the retries are used up

@@ -1,0 +1,424 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/notifyd/notifyd/internal/dlq"
+	"github.com/notifyd/notifyd/internal/notification"
+)
+
+// dlqCommand runs `notifyd dlq args...` against e and returns what it
+// printed.
+func (e *opsEnv) dlqCommand(args ...string) string {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	args = append([]string{"dlq", args[0], "--brokers", e.brokers}, args[1:]...)
+	if err := runCommand(ctx, &out, args...); err != nil {
+		e.t.Fatalf("notifyd %s: %v\noutput:\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// deadLetters reads the dead-letter topic.
+func (e *opsEnv) deadLetters() []*kgo.Record {
+	e.t.Helper()
+	return e.readTopic("notifications.dlq")
+}
+
+func (e *opsEnv) readTopic(topic string) []*kgo.Record {
+	e.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out []*kgo.Record
+	if err := dlq.ReadAll(ctx, cl, topic, func(r *kgo.Record) error {
+		out = append(out, r)
+		return nil
+	}); err != nil {
+		e.t.Fatalf("read %s: %v", topic, err)
+	}
+	return out
+}
+
+// header is the value of the named header of r, "" when absent.
+func header(r *kgo.Record, key string) string {
+	v, _ := dlq.Header(r, key)
+	return v
+}
+
+// rejectedBy returns the dead letter notifyd writes for value, as read from
+// partition and offset of the input topic at ts.
+func rejectedBy(t *testing.T, value []byte, partition int32, offset int64, ts time.Time) *kgo.Record {
+	t.Helper()
+	src := &kgo.Record{Topic: "notifications", Partition: partition, Offset: offset, Timestamp: ts.Add(-time.Second),
+		Key: []byte("user-" + strconv.FormatInt(offset, 10)), Value: value,
+		Headers: []kgo.RecordHeader{{Key: "traceparent", Value: []byte("00-trace-" + strconv.FormatInt(offset, 10))}}}
+	_, err := notification.Decode(value, notification.Source{Topic: src.Topic, Partition: partition, Offset: offset, Timestamp: src.Timestamp}, notification.Limits{})
+	var ne *notification.Error
+	if !errors.As(err, &ne) {
+		t.Fatalf("Decode(%q): got %v, want a rejection", value, err)
+	}
+	d := dlq.Letter("notifications.dlq", src, string(ne.Class), ne.Error(), 1)
+	d.Timestamp = ts
+	return d
+}
+
+// seedDeadLetters writes six dead letters as notifyd writes them, a second
+// apart: two decode (one not UTF-8), three validate, one store, the newest
+// last. It returns them with their offsets.
+func (e *opsEnv) seedDeadLetters() []*kgo.Record {
+	e.t.Helper()
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Second) }
+	recs := []*kgo.Record{
+		rejectedBy(e.t, []byte("{\xff\xfe}"), 0, 10, at(0)),
+		rejectedBy(e.t, []byte(`{"user_id":"abc","event_type":"x","title":"t","body":"b"}`), 1, 11, at(1)),
+		rejectedBy(e.t, []byte(`{"user_id":"xyz-42","event_type":"x","title":"t","body":"b"}`), 2, 12, at(2)),
+		rejectedBy(e.t, []byte(`[1,2]`), 0, 13, at(3)),
+		rejectedBy(e.t, []byte(`{"user_id":"nope","event_type":"x","title":"t","body":"b"}`), 1, 14, at(4)),
+	}
+	store := &kgo.Record{Topic: "notifications", Partition: 2, Offset: 15, Timestamp: at(4),
+		Value: validMessage(uuid.NewString(), "BAD")}
+	d := dlq.Letter("notifications.dlq", store, "store",
+		`the database refused the row: ERROR: new row for relation "notifications" violates check constraint "no_bad" (SQLSTATE 23514)`, 1)
+	d.Timestamp = at(5)
+	recs = append(recs, d)
+	for i, r := range recs {
+		r.Partition = int32(i % 3)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	prod, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := prod.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+		e.t.Fatalf("produce dead letters: %v", err)
+	}
+	return recs
+}
+
+func TestDLQListCountsByClassAndReason(t *testing.T) {
+	t.Parallel()
+	e := newOpsEnv(t)
+	e.seedDeadLetters()
+
+	out := e.dlqCommand("list")
+	t.Logf("notifyd dlq list:\n%s", out)
+	lines := strings.Split(out, "\n")
+	if want := "6 dead letters in notifications.dlq (decode 2, validate 3, store 1)"; lines[0] != want {
+		t.Errorf("first line: got %q, want %q", lines[0], want)
+	}
+	// Newest group first; the three bad user ids are one group.
+	var rows []string
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); len(f) >= 4 && f[0] != "COUNT" {
+			rows = append(rows, f[0]+" "+f[1])
+		}
+	}
+	if got, want := strings.Join(rows, ", "), "1 store, 3 validate, 1 decode, 1 decode"; got != want {
+		t.Errorf("groups (count class, newest first): got %q, want %q", got, want)
+	}
+	if !strings.Contains(out, `field "user_id": "…" is not a UUID`) {
+		t.Errorf("list: got\n%s\nwant the user_id reason with its values masked", out)
+	}
+	for _, v := range []string{"abc", "xyz-42", "nope"} {
+		if strings.Contains(out, `"`+v+`"`) {
+			t.Errorf("list: got the value %q in it, want values masked", v)
+		}
+	}
+
+	if got, want := firstLine(e.dlqCommand("list", "--class", "validate")), "3 dead letters in notifications.dlq (decode 0, validate 3, store 0)"; got != want {
+		t.Errorf("list --class validate: got %q, want %q", got, want)
+	}
+	if got, want := firstLine(e.dlqCommand("list", "--source-offsets", "1:11-14")), "2 dead letters in notifications.dlq (decode 0, validate 2, store 0)"; got != want {
+		t.Errorf("list --source-offsets 1:11-14: got %q, want %q", got, want)
+	}
+	if got, want := firstLine(e.dlqCommand("list", "--class", "store", "--source-offsets", "0:0-100")), "0 dead letters in notifications.dlq (decode 0, validate 0, store 0)"; got != want {
+		t.Errorf("list --class store --source-offsets 0:0-100: got %q, want %q", got, want)
+	}
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+func TestDLQShowPrintsEveryHeaderAndTheValue(t *testing.T) {
+	t.Parallel()
+	e := newOpsEnv(t)
+	seeded := e.seedDeadLetters()
+
+	out := e.dlqCommand("show", "--last", "0")
+	if got := strings.Count(out, "dead letter notifications.dlq/"); got != len(seeded) {
+		t.Errorf("show --last 0: got %d dead letters, want %d\n%s", got, len(seeded), out)
+	}
+	for _, d := range seeded {
+		// Each letter's block, from its first line to the blank line.
+		head := fmt.Sprintf("at %s\n", d.Timestamp.UTC().Format(time.RFC3339Nano))
+		i := strings.Index(out, head)
+		if i < 0 {
+			t.Errorf("show: no dead letter written at %s in\n%s", d.Timestamp.UTC().Format(time.RFC3339Nano), out)
+			continue
+		}
+		block, _, _ := strings.Cut(out[i:], "\n\n")
+		for _, h := range d.Headers {
+			want := fmt.Sprintf("  %s: %s\n", h.Key, h.Value)
+			if !strings.Contains(block+"\n", want) {
+				t.Errorf("show: got\n%s\nwant the header line %q", block, want)
+			}
+		}
+		if d.Key != nil && !strings.Contains(block, "  key: "+string(d.Key)+"\n") {
+			t.Errorf("show: got\n%s\nwant the key %q", block, d.Key)
+		}
+	}
+	if want := "  value (4 bytes): hex 7b ff fe 7d"; !strings.Contains(out, want) {
+		t.Errorf("show: got\n%s\nwant the value that is not UTF-8 as hex: %q", out, want)
+	}
+	if want := `  value (5 bytes): [1,2]`; !strings.Contains(out, want) {
+		t.Errorf("show: want the text value as it is: %q", want)
+	}
+	for _, h := range []string{dlq.HeaderError, dlq.HeaderClass, dlq.HeaderSourceTopic, dlq.HeaderSourcePartition,
+		dlq.HeaderSourceOffset, dlq.HeaderSourceTimestamp, dlq.HeaderAttempts} {
+		if got := strings.Count(out, "  "+h+": "); got != len(seeded) {
+			t.Errorf("show: header %s printed %d times, want %d", h, got, len(seeded))
+		}
+	}
+
+	last := e.dlqCommand("show", "--last", "1")
+	if got := strings.Count(last, "dead letter notifications.dlq/"); got != 1 {
+		t.Errorf("show --last 1: got %d dead letters, want 1\n%s", got, last)
+	}
+	if !strings.Contains(last, "notifyd.error.class: store") || !strings.Contains(last, `check constraint "no_bad"`) {
+		t.Errorf("show --last 1: got\n%s\nwant the newest, the store dead letter", last)
+	}
+	if got, want := e.dlqCommand("show", "--class", "store", "--source-offsets", "0:0"), "no dead letters match\n"; got != want {
+		t.Errorf("show with nothing matching: got %q, want %q", got, want)
+	}
+}
+
+func TestDLQReplaySendsTheMessagesBackOrNothingOnDryRun(t *testing.T) {
+	t.Parallel()
+	e := newOpsEnv(t)
+	seeded := e.seedDeadLetters()
+
+	out := e.dlqCommand("replay", "--dry-run")
+	if want := "dry run: would replay 6 dead letters onto notifications (0 skipped at the replay limit)"; firstLine(out) != want {
+		t.Errorf("replay --dry-run: got %q, want %q", firstLine(out), want)
+	}
+	for p, end := range e.endOffsets("notifications") {
+		if end != 0 {
+			t.Errorf("replay --dry-run: input partition %d has %d records, want none", p, end)
+		}
+	}
+
+	out = e.dlqCommand("replay", "--class", "validate")
+	if want := "replayed 3 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
+		t.Errorf("replay --class validate: got %q, want %q", strings.TrimSpace(out), want)
+	}
+	got := e.readTopic("notifications")
+	if len(got) != 3 {
+		t.Fatalf("input topic after replay: got %d records, want 3", len(got))
+	}
+	byOrigin := map[string]*kgo.Record{}
+	for _, d := range seeded {
+		if header(d, dlq.HeaderClass) == "validate" {
+			byOrigin[fmt.Sprintf("notifications/%s/%s", header(d, dlq.HeaderSourcePartition), header(d, dlq.HeaderSourceOffset))] = d
+		}
+	}
+	for _, r := range got {
+		origin := header(r, dlq.HeaderReplayOf)
+		d := byOrigin[origin]
+		if d == nil {
+			t.Errorf("replayed record: got %s %q, want one of %v", dlq.HeaderReplayOf, origin, slices.Sorted(maps.Keys(byOrigin)))
+			continue
+		}
+		delete(byOrigin, origin)
+		if !bytes.Equal(r.Key, d.Key) || !bytes.Equal(r.Value, d.Value) {
+			t.Errorf("replayed record of %s: got key %q value %q, want %q %q", origin, r.Key, r.Value, d.Key, d.Value)
+		}
+		if got, want := header(r, dlq.HeaderReplays), "1"; got != want {
+			t.Errorf("replayed record of %s: %s got %q, want %q", origin, dlq.HeaderReplays, got, want)
+		}
+		if got, want := header(r, "traceparent"), header(d, "traceparent"); got != want {
+			t.Errorf("replayed record of %s: traceparent got %q, want %q", origin, got, want)
+		}
+		if _, ok := dlq.Header(r, dlq.HeaderError); ok {
+			t.Errorf("replayed record of %s: got a %s header, want none", origin, dlq.HeaderError)
+		}
+	}
+}
+
+// constrainedEnv is notifyd running against a table that refuses titles
+// "BAD", as a schema mistake would.
+func constrainedEnv(t *testing.T, group string) *opsEnv {
+	t.Helper()
+	e := newOpsEnv(t)
+	ctx := context.Background()
+	if err := runCommand(ctx, nil, "migrate", "--database-url", e.url); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if _, err := e.pool.Exec(ctx, "ALTER TABLE notifications ADD CONSTRAINT no_bad CHECK (title <> 'BAD')"); err != nil {
+		t.Fatal(err)
+	}
+	e.startRun("--group", group, "--metrics-addr", "")
+	return e
+}
+
+func (e *opsEnv) countRows(where string, args ...any) int {
+	e.t.Helper()
+	var n int
+	if err := e.pool.QueryRow(context.Background(), "SELECT count(*) FROM notifications "+where, args...).Scan(&n); err != nil {
+		e.t.Fatal(err)
+	}
+	return n
+}
+
+func TestDLQReplayOfStoreRejectsAfterTheFixStoresEachMessageOnce(t *testing.T) {
+	t.Parallel()
+	e := constrainedEnv(t, "replay-fix")
+	withID := uuid.NewString()
+	sent := e.send(
+		&kgo.Record{Partition: 0, Value: validMessage(withID, "BAD")},
+		&kgo.Record{Partition: 1, Value: validMessage("", "BAD")},
+		&kgo.Record{Partition: 2, Value: validMessage(uuid.NewString(), "fine")},
+	)
+	derived := notification.DerivedID("notifications", sent[1].Partition, sent[1].Offset)
+	e.waitDrained("replay-fix")
+	if got := e.countRows(""); got != 1 {
+		t.Fatalf("rows before the fix: got %d, want 1", got)
+	}
+	letters := e.deadLetters()
+	if len(letters) != 2 {
+		t.Fatalf("dead letters before the fix: got %d, want 2", len(letters))
+	}
+	for _, d := range letters {
+		if c := header(d, dlq.HeaderClass); c != "store" {
+			t.Errorf("dead letter class: got %q, want store", c)
+		}
+		if r := header(d, dlq.HeaderError); !strings.Contains(r, "no_bad") {
+			t.Errorf("dead letter reason: got %q, want it to name the constraint no_bad", r)
+		}
+	}
+	list := e.dlqCommand("list")
+	t.Logf("notifyd dlq list:\n%s", list)
+	if !strings.Contains(list, "2 dead letters in notifications.dlq (decode 0, validate 0, store 2)") ||
+		!strings.Contains(list, "no_bad") {
+		t.Errorf("dlq list: got\n%s\nwant 2 store dead letters naming the constraint no_bad", list)
+	}
+
+	if _, err := e.pool.Exec(context.Background(), "ALTER TABLE notifications DROP CONSTRAINT no_bad"); err != nil {
+		t.Fatal(err)
+	}
+	for round := 1; round <= 2; round++ {
+		out := e.dlqCommand("replay", "--class", "store")
+		if want := "replayed 2 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
+			t.Errorf("replay round %d: got %q, want %q", round, strings.TrimSpace(out), want)
+		}
+		e.waitDrained("replay-fix")
+		if got := e.countRows(""); got != 3 {
+			t.Errorf("rows after replay round %d: got %d, want 3", round, got)
+		}
+		if got := e.countRows("WHERE id = $1", withID); got != 1 {
+			t.Errorf("rows of the message with id after replay round %d: got %d, want 1", round, got)
+		}
+		if got := e.countRows("WHERE id = $1 AND title = 'BAD'", derived); got != 1 {
+			t.Errorf("rows of the message without id (id %s, derived from where it first arrived) after replay round %d: got %d, want 1",
+				derived, round, got)
+		}
+		if got := len(e.deadLetters()); got != 2 {
+			t.Errorf("dead letters after replay round %d: got %d, want still 2", round, got)
+		}
+	}
+}
+
+func TestDLQReplayOfAMessageThatFailsAgainStopsAtMaxReplays(t *testing.T) {
+	t.Parallel()
+	e := constrainedEnv(t, "replay-loop")
+	sent := e.send(&kgo.Record{Partition: 0, Value: validMessage("", "BAD")})
+	origin := fmt.Sprintf("notifications/0/%d", sent[0].Offset)
+	e.waitDrained("replay-loop")
+
+	// newest is the dead letter of the latest replay: the most replayed.
+	newest := func(letters []*kgo.Record) *kgo.Record {
+		var best *kgo.Record
+		bestN := -1
+		for _, d := range letters {
+			n, _ := strconv.Atoi(header(d, dlq.HeaderReplays))
+			if n > bestN {
+				best, bestN = d, n
+			}
+		}
+		return best
+	}
+	const maxReplays = 2
+	for k := 1; k <= maxReplays; k++ {
+		d := newest(e.deadLetters())
+		sel := header(d, dlq.HeaderSourcePartition) + ":" + header(d, dlq.HeaderSourceOffset)
+		out := e.dlqCommand("replay", "--class", "store", "--source-offsets", sel, "--max-replays", strconv.Itoa(maxReplays))
+		if want := "replayed 1 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
+			t.Fatalf("replay %d: got %q, want %q", k, strings.TrimSpace(out), want)
+		}
+		e.waitDrained("replay-loop")
+		letters := e.deadLetters()
+		if len(letters) != k+1 {
+			t.Fatalf("dead letters after replay %d: got %d, want %d", k, len(letters), k+1)
+		}
+		again := newest(letters)
+		for _, h := range []struct{ key, want string }{
+			{dlq.HeaderReplays, strconv.Itoa(k)},
+			{dlq.HeaderReplayOf, origin},
+			{dlq.HeaderClass, "store"},
+			{dlq.HeaderSourceTopic, "notifications"},
+			{dlq.HeaderAttempts, "1"},
+		} {
+			if got := header(again, h.key); got != h.want {
+				t.Errorf("dead letter of replay %d: %s got %q, want %q", k, h.key, got, h.want)
+			}
+		}
+		if header(again, dlq.HeaderSourceOffset) == header(d, dlq.HeaderSourceOffset) &&
+			header(again, dlq.HeaderSourcePartition) == header(d, dlq.HeaderSourcePartition) {
+			t.Errorf("dead letter of replay %d: got the source of the letter replayed, want where the replay arrived", k)
+		}
+	}
+
+	// The loop guard: the letter replayed maxReplays times is refused.
+	ends := e.endOffsets("notifications")
+	d := newest(e.deadLetters())
+	sel := header(d, dlq.HeaderSourcePartition) + ":" + header(d, dlq.HeaderSourceOffset)
+	out := e.dlqCommand("replay", "--class", "store", "--source-offsets", sel, "--max-replays", strconv.Itoa(maxReplays))
+	if want := "replayed 0 dead letters onto notifications; 1 skipped at the replay limit"; strings.TrimSpace(out) != want {
+		t.Errorf("replay at the limit: got %q, want %q", strings.TrimSpace(out), want)
+	}
+	if got := e.endOffsets("notifications"); !maps.Equal(got, ends) {
+		t.Errorf("input end offsets after a refused replay: got %v, want unchanged %v", got, ends)
+	}
+	out = e.dlqCommand("replay", "--class", "store", "--max-replays", strconv.Itoa(maxReplays), "--dry-run")
+	if want := "dry run: would replay 2 dead letters onto notifications (1 skipped at the replay limit)"; firstLine(out) != want {
+		t.Errorf("replay --dry-run of all: got %q, want %q", firstLine(out), want)
+	}
+	if got := e.countRows(""); got != 0 {
+		t.Errorf("rows: got %d, want 0 (the constraint still refuses the message)", got)
+	}
+	t.Logf("notifyd dlq list:\n%s", e.dlqCommand("list"))
+}

@@ -222,8 +222,8 @@ func Summarize(recs []*kgo.Record) []Group {
 var ErrReplayLimit = fmt.Errorf("replay limit reached")
 
 // ReplayRecord builds the input record that replays dead letter d onto
-// topic: the original key and value, the original headers without
-// notifyd's, the replay count plus one, and the original source. It refuses
+// topic: the original key, value and record time, the original headers
+// without notifyd's, the replay count plus one, and the original source. It refuses
 // a dead letter already replayed limit times, so that a message that keeps
 // failing is not replayed in a loop.
 func ReplayRecord(topic string, d *kgo.Record, limit int) (*kgo.Record, error) {
@@ -242,6 +242,13 @@ func ReplayRecord(topic string, d *kgo.Record, limit int) (*kgo.Record, error) {
 		origin = t + "/" + p + "/" + o
 	}
 	r := &kgo.Record{Topic: topic, Key: d.Key, Value: d.Value}
+	// Keep the original record time: it is a message's created_at when the
+	// message has none.
+	if ts, ok := Header(d, HeaderSourceTimestamp); ok {
+		if t, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+			r.Timestamp = t
+		}
+	}
 	for _, h := range d.Headers {
 		if isOwn(h.Key) || h.Key == HeaderReplayOf {
 			continue

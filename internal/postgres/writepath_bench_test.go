@@ -20,6 +20,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -452,10 +453,14 @@ func wpPool(b *testing.B) *pgxpool.Pool {
 	return pool
 }
 
-// BenchmarkWritePath measures whole write-path transactions per method and
-// batch size, reporting rows/s and ms/tx.
-func BenchmarkWritePath(b *testing.B) {
-	methods := []struct {
+// wpMethods lists the methods measured. dups marks the variants in which
+// every tenth row repeats a stored id.
+func wpMethods() []struct {
+	name   string
+	method func(n int) wpMethod
+	dups   bool
+} {
+	return []struct {
 		name   string
 		method func(n int) wpMethod
 		dups   bool
@@ -470,68 +475,144 @@ func BenchmarkWritePath(b *testing.B) {
 		{"values", wpValues, false},
 		{"copy", func(int) wpMethod { return wpCopy }, false},
 	}
-	for _, m := range methods {
-		for _, n := range []int{1, 100, 1000, 10000} {
+}
+
+// wpSizes are the batch sizes measured; the write path sees 1 to ~10,000.
+var wpSizes = []int{1, 100, 1000, 10000}
+
+// BenchmarkWritePath measures whole write-path transactions per method and
+// batch size, reporting rows/s and ms/tx.
+func BenchmarkWritePath(b *testing.B) {
+	for _, m := range wpMethods() {
+		for _, n := range wpSizes {
 			if m.dups && n < 100 {
 				continue // a tenth of one row
 			}
 			b.Run(fmt.Sprintf("method=%s/rows=%d", m.name, n), func(b *testing.B) {
-				wpRun(b, m.method(n), n, m.dups)
+				w := wpSetup(b, n)
+				method := m.method(n)
+				for b.Loop() {
+					w.next(b, m.dups)
+					w.write(b, method)
+				}
+				sec := b.Elapsed().Seconds()
+				b.ReportMetric(float64(n*b.N)/sec, "rows/s")
+				b.ReportMetric(sec*1e3/float64(b.N), "ms/tx")
+				b.ReportMetric(0, "ns/op") // ms/tx says it
 			})
 		}
 	}
 }
 
-func wpRun(b *testing.B, method wpMethod, n int, dups bool) {
+// BenchmarkWritePathInterleaved runs every method once per iteration, in a
+// random order, on one table, and reports each method's median ms/tx. On a
+// shared machine whose load changes over seconds, this compares the methods
+// under the same conditions, which BenchmarkWritePath, timing one method
+// after another, cannot. Give it time: -benchtime=20s.
+func BenchmarkWritePathInterleaved(b *testing.B) {
+	for _, n := range wpSizes {
+		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
+			w := wpSetup(b, n)
+			all := wpMethods()
+			methods := make([]wpMethod, len(all))
+			for i, m := range all {
+				methods[i] = m.method(n)
+			}
+			times := make([][]time.Duration, len(all))
+			for b.Loop() {
+				for _, i := range w.r.Perm(len(all)) {
+					if all[i].dups && n < 100 {
+						continue
+					}
+					w.next(b, all[i].dups)
+					start := time.Now()
+					w.write(b, methods[i])
+					times[i] = append(times[i], time.Since(start))
+				}
+			}
+			for i, m := range all {
+				if len(times[i]) > 0 {
+					b.ReportMetric(float64(wpMedian(times[i]))/1e6, m.name+"-ms/tx")
+				}
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
+
+func wpMedian(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// wpBench is one case's table, connection and batch.
+type wpBench struct {
+	conn    *pgx.Conn
+	r       *rand.Rand
+	n       int
+	bt      *wpBatch
+	ids     *wpIDs
+	prefill *wpBatch
+	off     wpOffset
+	skipped int // rows each write must skip as duplicates
+}
+
+// wpSetup creates a fresh table holding wpPrefill rows and a batch of n rows.
+func wpSetup(b *testing.B, n int) *wpBench {
 	ctx := context.Background()
 	pool := wpPool(b)
-	conn, err := pool.Acquire(ctx)
+	pc, err := pool.Acquire(ctx)
 	if err != nil {
 		b.Fatalf("acquire: %v", err)
 	}
-	defer conn.Release()
+	b.Cleanup(pc.Release)
 
 	r := rand.New(rand.NewPCG(1, uint64(n)))
 	users := make([][16]byte, 10000)
 	for i := range users {
 		users[i] = wpRandomID(r)
 	}
-	off := &wpOffset{}
-	prefill := wpNewBatch(r, users, wpPrefill)
-	if _, err := wpCopy(ctx, conn.Conn(), prefill, off); err != nil {
+	w := &wpBench{conn: pc.Conn(), r: r, n: n, ids: &wpIDs{r: r}}
+	w.prefill = wpNewBatch(r, users, wpPrefill)
+	if _, err := wpCopy(ctx, w.conn, w.prefill, &w.off); err != nil {
 		b.Fatalf("prefill: %v", err)
 	}
-	if _, err := conn.Exec(ctx, "VACUUM ANALYZE notifications"); err != nil {
+	if _, err := w.conn.Exec(ctx, "VACUUM ANALYZE notifications"); err != nil {
 		b.Fatalf("vacuum: %v", err)
 	}
+	w.bt = wpNewBatch(r, users, n)
+	return w
+}
 
-	bt := wpNewBatch(r, users, n)
-	ids := &wpIDs{r: r}
-	wantSkipped := 0
-	for i := 0; dups && i < n; i += 10 {
-		wantSkipped++
+// next gives the batch fresh ids; with dups, every tenth row instead repeats
+// a distinct stored id.
+func (w *wpBench) next(b *testing.B, dups bool) {
+	w.bt.ids = w.ids.take(b, w.n)
+	w.skipped = 0
+	if !dups {
+		return
 	}
-	for b.Loop() {
-		bt.ids = ids.take(b, n)
-		if dups {
-			// Every tenth row repeats a distinct stored id.
-			start := r.IntN(wpPrefill - wantSkipped)
-			for i, j := 0, start; i < n; i, j = i+10, j+1 {
-				bt.ids[i] = prefill.ids[j]
-			}
-		}
-		inserted, err := method(ctx, conn.Conn(), bt, off)
-		if err != nil {
-			b.Fatalf("write %d rows: %v", n, err)
-		}
-		if skipped := n - int(inserted); skipped != wantSkipped {
-			b.Fatalf("skipped %d rows, want %d", skipped, wantSkipped)
-		}
+	start := w.r.IntN(wpPrefill - (w.n+9)/10)
+	for i, j := 0, start; i < w.n; i, j = i+10, j+1 {
+		w.bt.ids[i] = w.prefill.ids[j]
+		w.skipped++
 	}
-	sec := b.Elapsed().Seconds()
-	b.ReportMetric(float64(n*b.N)/sec, "rows/s")
-	b.ReportMetric(sec*1e3/float64(b.N), "ms/tx")
-	b.ReportMetric(0, "ns/op") // ms/tx says it
+}
+
+// write runs one transaction and checks that exactly the duplicates were
+// skipped.
+func (w *wpBench) write(b *testing.B, method wpMethod) {
+	inserted, err := method(context.Background(), w.conn, w.bt, &w.off)
+	if err != nil {
+		b.Fatalf("write %d rows: %v", w.n, err)
+	}
+	if skipped := w.n - int(inserted); skipped != w.skipped {
+		b.Fatalf("skipped %d rows, want %d", skipped, w.skipped)
+	}
 }
 
 // BenchmarkWritePathEncode compares the cost for pgx v5 to encode one

@@ -26,7 +26,9 @@ type Config struct {
 	// MaxBufferedRows and MaxBufferedBytes bound what is read but not yet
 	// taken by a write; at the bound, fetching stops until the writer takes
 	// the buffer. One batch of at most the same size may be in flight
-	// besides. 0 means 10,000 messages and 16 MiB of keys and values.
+	// besides. 0 means 5,000 messages and 8 MiB of keys and values: past
+	// a few thousand rows a write gains little per row (BenchmarkWritePath)
+	// and costs memory.
 	MaxBufferedRows  int
 	MaxBufferedBytes int
 
@@ -72,10 +74,10 @@ func (c Config) withDefaults() Config {
 		c.FlushInterval = 5 * time.Second
 	}
 	if c.MaxBufferedRows == 0 {
-		c.MaxBufferedRows = max(10_000, 2*c.BatchSize)
+		c.MaxBufferedRows = max(5_000, 2*c.BatchSize)
 	}
 	if c.MaxBufferedBytes == 0 {
-		c.MaxBufferedBytes = 16 << 20
+		c.MaxBufferedBytes = 8 << 20
 	}
 	if c.StartOffset == "" {
 		c.StartOffset = "earliest"

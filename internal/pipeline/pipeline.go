@@ -115,8 +115,8 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		kgo.OnPartitionsRevoked(p.revoked),
 		kgo.OnPartitionsLost(p.revoked),
 		// Fetch in modest pieces: what is fetched is held in memory.
-		kgo.FetchMaxBytes(4<<20),
-		kgo.FetchMaxPartitionBytes(1<<20),
+		kgo.FetchMaxBytes(1<<20),
+		kgo.FetchMaxPartitionBytes(512<<10),
 		kgo.FetchMaxWait(time.Second),
 	)
 	cl, err := kgo.NewClient(opts...)

@@ -14,7 +14,7 @@ import (
 type benchCmd struct {
 	Brokers     []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka brokers to benchmark against; empty uses an embedded broker."`
 	DatabaseURL string        `name:"database-url" env:"NOTIFYD_DATABASE_URL,DATABASE_URL" help:"PostgreSQL to benchmark against; empty uses the local server. The benchmark works in a schema of its own and drops it."`
-	Messages    int           `name:"messages" default:"200000" help:"Preloaded messages drained end to end."`
+	Messages    int           `name:"messages" default:"500000" help:"Preloaded messages drained end to end."`
 	Rate        int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
 	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
 	JSON        bool          `name:"json" help:"Print the result as one JSON object."`

@@ -42,7 +42,7 @@ import (
 
 // Config configures a benchmark run.
 type Config struct {
-	Messages    int           // preloaded messages drained end to end; 0 means 200,000
+	Messages    int           // preloaded messages drained end to end; 0 means 500,000
 	Rate        int           // offered load of the latency phase, msg/s; 0 means 1,000
 	Duration    time.Duration // length of the latency phase; 0 means 10 s
 	Brokers     []string      // empty: an embedded broker
@@ -81,7 +81,7 @@ type Result struct {
 
 func (c Config) withDefaults() Config {
 	if c.Messages == 0 {
-		c.Messages = 200_000
+		c.Messages = 500_000
 	}
 	if c.Rate == 0 {
 		c.Rate = 1000

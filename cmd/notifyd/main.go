@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/alecthomas/kong"
@@ -23,6 +24,7 @@ type cli struct {
 }
 
 func main() {
+	unsetEmptyEnv()
 	ctx, stop := signalContext()
 	defer stop()
 	var c cli
@@ -55,4 +57,16 @@ func signalContext() (context.Context, func()) {
 		os.Exit(130)
 	}()
 	return ctx, func() { signal.Stop(sigs); cancel() }
+}
+
+// unsetEmptyEnv drops notifyd's environment variables that are set but
+// empty, so that NOTIFYD_DATABASE_URL="" falls through to DATABASE_URL and
+// an empty NOTIFYD_BATCH_SIZE means the default, as an unset one does.
+func unsetEmptyEnv() {
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if v == "" && (strings.HasPrefix(k, "NOTIFYD_") || k == "DATABASE_URL") {
+			os.Unsetenv(k)
+		}
+	}
 }

@@ -58,9 +58,10 @@ type runCmd struct {
 	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"127.0.0.1:9464" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
 	DataDir       string        `name:"data-dir" env:"NOTIFYD_DATA_DIR" default:"./notifyd-data" help:"Where the embedded broker keeps its data."`
 
-	InstanceID     string        `name:"instance-id" env:"NOTIFYD_INSTANCE_ID" help:"Static group membership id (stable per instance, e.g. the pod name): a restarted instance takes its partitions back without a rebalance."`
-	SessionTimeout time.Duration `name:"session-timeout" env:"NOTIFYD_SESSION_TIMEOUT" default:"6s" help:"Group session timeout: how long a crashed instance's partitions wait before moving."`
-	StartOffset    string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"earliest" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
+	InstanceID       string        `name:"instance-id" env:"NOTIFYD_INSTANCE_ID" help:"Static group membership id (stable per instance, e.g. the pod name): a restarted instance takes its partitions back without a rebalance."`
+	RebalanceTimeout time.Duration `name:"rebalance-timeout" env:"NOTIFYD_REBALANCE_TIMEOUT" default:"15s" help:"How long a rebalance waits for every member to rejoin; a member that died mid-rebalance holds the group this long."`
+	SessionTimeout   time.Duration `name:"session-timeout" env:"NOTIFYD_SESSION_TIMEOUT" default:"6s" help:"Group session timeout: how long a crashed instance's partitions wait before moving."`
+	StartOffset      string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"earliest" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
 
 	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"5000" help:"Messages read but not yet taken by a write, at most; fetching pauses at the bound."`
 	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"8388608" help:"Key and value bytes read but not yet taken by a write, at most."`
@@ -155,6 +156,9 @@ func (c *runCmd) validate() error {
 	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--session-timeout: must be between 6s and 5m (the brokers' usual bounds), got %s", c.SessionTimeout))
 	}
+	if c.RebalanceTimeout < 10*time.Second || c.RebalanceTimeout > 10*time.Minute {
+		errs = append(errs, fmt.Errorf("--rebalance-timeout: must be between 10s and 10m, got %s", c.RebalanceTimeout))
+	}
 	if c.Topic == "" {
 		errs = append(errs, errors.New("--topic: must not be empty"))
 	}
@@ -227,6 +231,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		kgo.WithHooks(kp),
 		kgo.SessionTimeout(c.SessionTimeout),
 		kgo.HeartbeatInterval(c.SessionTimeout / 4),
+		kgo.RebalanceTimeout(c.RebalanceTimeout),
 	}
 	if c.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(c.InstanceID))

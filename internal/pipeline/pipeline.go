@@ -462,7 +462,7 @@ func (p *Pipeline) revoked(ctx context.Context, _ *kgo.Client, lost map[string][
 		select {
 		case <-inflight:
 		case <-ctx.Done():
-		case <-time.After(10 * time.Second):
+		case <-time.After(5 * time.Second):
 			// A write stuck in an outage; fencing keeps it harmless.
 		}
 	}

@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -249,7 +250,10 @@ func copyLimit(ctx context.Context, store *postgres.Store, n int) (float64, erro
 			if r.Data != nil {
 				data = string(r.Data)
 			}
-			src[i] = []any{r.ID, r.UserID, r.EventType, r.Title, r.Body, data, r.CreatedAt}
+			// [16]byte, not uuid.UUID: pgx would encode the latter through
+			// its string form, understating the limit.
+			src[i] = []any{[16]byte(r.ID), [16]byte(r.UserID), r.EventType, r.Title, r.Body, data,
+				pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}}
 		}
 		start := time.Now()
 		err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {

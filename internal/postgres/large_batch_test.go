@@ -5,16 +5,17 @@ import (
 	"testing"
 )
 
-// Batches from copyThreshold rows on take the COPY path; it must keep the
-// same contract as the INSERT path: exact content, NULL data, duplicates
-// skipped and counted, offsets advanced in the same transaction, and a
-// second large batch on the same connection (the staging table reused).
-func TestWriteLargeBatchThroughCopyKeepsTheContract(t *testing.T) {
+// A batch as large as coalescing makes them keeps the contract: exact
+// content, NULL data, duplicates skipped and counted (against the table and
+// inside the batch), offsets advanced in the same transaction.
+const largeBatch = 6000
+
+func TestWriteLargeBatchKeepsTheContract(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	st := migratedStore(t)
 	claim(t, st, 0)
-	rows := testRows(copyThreshold + 500)
+	rows := testRows(largeBatch + 500)
 	rows[7].Data = nil
 	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, NoOffset, 100}}, Rows: rows}, noReject(t))
 	if err != nil {
@@ -40,16 +41,16 @@ func TestWriteLargeBatchThroughCopyKeepsTheContract(t *testing.T) {
 	}
 
 	// Half old ids, half new, and a repeat inside the batch.
-	again := append(rows[:copyThreshold/2:copyThreshold/2], testRows(copyThreshold/2)...)
+	again := append(rows[:largeBatch/2:largeBatch/2], testRows(largeBatch/2)...)
 	again = append(again, again[len(again)-1])
 	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, 100, 200}}, Rows: again}, noReject(t))
 	if err != nil {
 		t.Fatalf("second write: %v", err)
 	}
-	if res.Inserted != copyThreshold/2 || res.Duplicates != copyThreshold/2+1 {
-		t.Fatalf("second write: got %+v, want %d inserted, %d duplicates", res, copyThreshold/2, copyThreshold/2+1)
+	if res.Inserted != largeBatch/2 || res.Duplicates != largeBatch/2+1 {
+		t.Fatalf("second write: got %+v, want %d inserted, %d duplicates", res, largeBatch/2, largeBatch/2+1)
 	}
-	if got, want := countRows(t, st), len(rows)+copyThreshold/2; got != want {
+	if got, want := countRows(t, st), len(rows)+largeBatch/2; got != want {
 		t.Fatalf("rows: got %d, want %d", got, want)
 	}
 	if got := offsets(t, st)[0]; got != 200 {

@@ -9,9 +9,11 @@ import (
 	"fmt"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/notifyd/notifyd/internal/notification"
@@ -63,6 +65,10 @@ func (c Config) poolConfig() (*pgxpool.Config, error) {
 type Store struct {
 	pool *pgxpool.Pool
 	desc string
+	// upsertOnly counts down the writes that skip the COPY path after a
+	// batch held a duplicate id, so that a stream full of duplicates does
+	// not pay for a refused COPY on every write.
+	upsertOnly atomic.Int32
 }
 
 // Open connects a pool and checks that the server answers.
@@ -190,18 +196,54 @@ func (e *FencedError) Error() string {
 // or fail), and commits the rest. A range whose stored position is not its
 // From fails the whole write with *FencedError.
 func (s *Store) Write(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
-	res, err := s.write(ctx, b, false, reject)
+	m := modeUpsert
+	if len(b.Rows) >= copyMinRows && s.upsertOnly.Load() <= 0 {
+		m = modeCopy
+	} else if s.upsertOnly.Load() > 0 {
+		s.upsertOnly.Add(-1)
+	}
+	res, err := s.write(ctx, b, m, reject)
+	wasted := 0
+	if err != nil && m == modeCopy && isUniqueViolation(err) {
+		// The batch holds an id already stored (or twice): COPY cannot
+		// skip it, the upsert can.
+		s.upsertOnly.Store(upsertAfterDuplicate)
+		wasted++
+		res, err = s.write(ctx, b, modeUpsert, reject)
+	}
 	if err != nil && retry.IsDataError(err) {
 		// A row the database refuses aborts the transaction; run it again,
 		// this time isolating the bad rows behind savepoints. The common
 		// path pays for no savepoints.
-		res, err = s.write(ctx, b, true, reject)
-		res.Statements++ // the first, refused statement
+		wasted++
+		res, err = s.write(ctx, b, modeIsolate, reject)
 	}
+	res.Statements += wasted
 	return res, err
 }
 
-func (s *Store) write(ctx context.Context, b *Batch, isolate bool, reject func(context.Context, []Rejected) error) (res Result, err error) {
+// mode is how a write inserts its rows.
+type mode int
+
+const (
+	modeCopy    mode = iota // binary COPY into the table: fastest, refuses any duplicate id
+	modeUpsert              // one INSERT … ON CONFLICT (id) DO NOTHING of column arrays
+	modeIsolate             // modeUpsert behind savepoints, bisecting rows the database refuses
+)
+
+// copyMinRows is the batch size from which writes try COPY first, and
+// upsertAfterDuplicate how many writes skip it after a duplicate id.
+const (
+	copyMinRows          = 100
+	upsertAfterDuplicate = 16
+)
+
+func isUniqueViolation(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "23505"
+}
+
+func (s *Store) write(ctx context.Context, b *Batch, m mode, reject func(context.Context, []Rejected) error) (res Result, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return res, fmt.Errorf("begin: %w", err)
@@ -215,11 +257,16 @@ func (s *Store) write(ctx context.Context, b *Batch, isolate bool, reject func(c
 		return res, err
 	}
 	var bad []Rejected
-	if isolate {
+	switch m {
+	case modeIsolate:
 		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, &res)
-	} else {
+	default:
 		var n int64
-		n, err = insertRows(ctx, tx, b.Rows)
+		if m == modeCopy {
+			n, err = copyRows(ctx, tx, b.Rows)
+		} else {
+			n, err = insertRows(ctx, tx, b.Rows)
+		}
 		res.Statements++
 		res.Inserted = int(n)
 	}

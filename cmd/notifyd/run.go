@@ -63,9 +63,9 @@ type runCmd struct {
 	SessionTimeout   time.Duration `name:"session-timeout" env:"NOTIFYD_SESSION_TIMEOUT" default:"6s" help:"Group session timeout: how long a crashed instance's partitions wait before moving."`
 	StartOffset      string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"earliest" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
 
-	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"5000" help:"Messages read but not yet taken by a write, at most; fetching pauses at the bound."`
-	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"8388608" help:"Key and value bytes read but not yet taken by a write, at most."`
-	MemoryLimit      int64         `name:"memory-limit" env:"NOTIFYD_MEMORY_LIMIT" default:"41943040" help:"Soft limit of the Go heap in bytes (the GC works harder near it); 0 leaves it to GOMEMLIMIT or unset. Ignored when GOMEMLIMIT is set."`
+	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"2500" help:"Messages read but not yet taken by a write, at most; fetching pauses at the bound."`
+	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"4194304" help:"Key and value bytes read but not yet taken by a write, at most."`
+	MemoryLimit      int64         `name:"memory-limit" env:"NOTIFYD_MEMORY_LIMIT" default:"33554432" help:"Soft limit of the Go heap in bytes (the GC works harder near it); 0 leaves it to GOMEMLIMIT or unset. Ignored when GOMEMLIMIT is set."`
 	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"30s" help:"Longest the final write may take on shutdown."`
 	WriteTimeout     time.Duration `name:"write-timeout" env:"NOTIFYD_WRITE_TIMEOUT" default:"5s" help:"Longest one write attempt may take before it counts as failed and is retried."`
 	StatusInterval   time.Duration `name:"status-interval" env:"NOTIFYD_STATUS_INTERVAL" default:"30s" help:"How often to log a one-line status (rate, rows, dead letters, lag); 0 disables it."`

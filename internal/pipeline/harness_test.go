@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"sort"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pgtest"
 	"github.com/notifyd/notifyd/internal/postgres"
 )
@@ -286,29 +283,6 @@ func (e *env) storedOffsets() map[int32]int64 {
 	return out
 }
 
-// deadLetters reads every record of the dead-letter topic.
-func (e *env) deadLetters(want int, d time.Duration) []*kgo.Record {
-	e.t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(e.addrs...), kgo.ConsumeTopics(testTopic+".dlq"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	deadline := time.Now().Add(d)
-	for len(out) < want && time.Now().Before(deadline) {
-		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
-		fs := cl.PollFetches(ctx)
-		cancel()
-		fs.EachRecord(func(r *kgo.Record) { out = append(out, r) })
-	}
-	sort.Slice(out, func(i, j int) bool {
-		return string(out[i].Value) < string(out[j].Value)
-	})
-	return out
-}
-
 // metric reads one counter or gauge value from the registry.
 func (r *running) metric(name string, labels ...string) float64 {
 	mfs, err := r.reg.Gather()
@@ -344,6 +318,3 @@ func (r *running) metric(name string, labels ...string) float64 {
 	}
 	return 0
 }
-
-var _ = notification.ClassDecode
-var _ sync.Mutex

@@ -6,7 +6,7 @@ BENCHSTAT_VERSION   := v0.0.0-20260908200009-22c9c6c9d4da
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: build run test test-short lint bench fuzz clean postgres
+.PHONY: build run test test-short lint bench bench-writepath fuzz clean postgres
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
@@ -38,11 +38,16 @@ lint: $(BIN)/staticcheck
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
 
 # Go benchmarks of decode, batching and the write path, 5 runs each, for
-# benchstat; then the end-to-end benchmark.
+# benchstat (compare two runs: benchstat old.txt bench.txt); then the
+# end-to-end benchmark.
 bench: postgres build $(BIN)/benchstat
-	$(GO) test -run '^$$' -bench . -benchmem -count 5 ./... | tee bench.txt
+	$(GO) test -run '^$$' -bench 'Decode|Batch|StoreWrite' -benchmem -count 5 ./... | tee bench.txt
 	$(BIN)/benchstat bench.txt
 	$(BIN)/notifyd bench
+
+# The comparison of bulk write methods that chose the write path (slow).
+bench-writepath: postgres
+	$(GO) test -run '^$$' -bench 'WritePathInterleaved' -benchtime 20s ./internal/postgres
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./internal/notification

@@ -171,7 +171,14 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res.RatioToCopyLimit = res.MsgsPerSec / res.CopyLimitRowsPerSec
 
 	log.Info("measuring latency", "rate", cfg.Rate, "duration", cfg.Duration)
-	if err := latency(ctx, cfg, res, brokers, store, cl, latTopic); err != nil {
+	// The latency phase's producer sends each record at once (no linger),
+	// so that the measure is notifyd's, not the load generator's batching.
+	lcl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))
+	if err != nil {
+		return nil, err
+	}
+	defer lcl.Close()
+	if err := latency(ctx, cfg, res, brokers, store, lcl, latTopic); err != nil {
 		return nil, fmt.Errorf("latency: %w", err)
 	}
 	return res, nil

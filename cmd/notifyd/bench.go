@@ -19,6 +19,7 @@ type benchCmd struct {
 	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
 	JSON        bool          `name:"json" help:"Print the result as one JSON object."`
 	logFlags
+	kafkaAuthFlags
 }
 
 func (c *benchCmd) Help() string {
@@ -44,6 +45,7 @@ func (c *benchCmd) Run(ctx context.Context) error {
 	if c.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
 	}
+	errs = append(errs, c.kafkaAuthFlags.validate()...)
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("bad settings:\n%w", err)
 	}
@@ -52,9 +54,15 @@ func (c *benchCmd) Run(ctx context.Context) error {
 		return err
 	}
 	log := c.logger()
+	auth, err := c.kafkaAuthFlags.opts()
+	if err != nil {
+		return err
+	}
+	childArgs, childEnv := c.kafkaAuthFlags.childArgs()
 	res, err := bench.Run(ctx, bench.Config{
 		Messages: c.Messages, Rate: c.Rate, Duration: c.Duration,
 		Brokers: c.Brokers, DatabaseURL: c.DatabaseURL, Executable: exe, Log: log,
+		KafkaOpts: auth, ChildArgs: childArgs, ChildEnv: childEnv,
 	})
 	if err != nil {
 		return err

@@ -33,6 +33,7 @@ type dlqFlags struct {
 	Since       time.Time `name:"since" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written at or after this time (RFC 3339)."`
 	Until       time.Time `name:"until" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written before this time (RFC 3339)."`
 	SourceRange string    `name:"source-offsets" help:"Only dead letters from these source offsets: PARTITION:FROM-TO (inclusive) or PARTITION:OFFSET."`
+	kafkaAuthFlags
 
 	// out receives the command's report; nil means standard output. Tests
 	// set it to read what an operator would see.
@@ -52,6 +53,22 @@ func (f *dlqFlags) dlqTopic() string {
 		return f.DLQTopic
 	}
 	return f.Topic + ".dlq"
+}
+
+// client connects to the cluster, after checking the connection settings.
+func (f *dlqFlags) client() (*kgo.Client, error) {
+	if err := errors.Join(f.kafkaAuthFlags.validate()...); err != nil {
+		return nil, fmt.Errorf("bad settings:\n%w", err)
+	}
+	auth, err := f.kafkaAuthFlags.opts()
+	if err != nil {
+		return nil, err
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(f.Brokers...)}, auth...)...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka client: %w", err)
+	}
+	return cl, nil
 }
 
 func (f *dlqFlags) filter() (dlq.Filter, error) {
@@ -88,9 +105,9 @@ func (f *dlqFlags) read(ctx context.Context) ([]*kgo.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(f.Brokers...))
+	cl, err := f.client()
 	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
+		return nil, err
 	}
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
@@ -261,9 +278,9 @@ func (c *dlqReplayCmd) Run(ctx context.Context) error {
 		fmt.Fprintf(c.stdout(), "dry run: would replay %d dead letters onto %s (%d skipped at the replay limit)\n", len(out), c.Topic, skipped)
 		return printList(c.stdout(), c.dlqTopic(), recs)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...))
+	cl, err := c.client()
 	if err != nil {
-		return fmt.Errorf("kafka client: %w", err)
+		return err
 	}
 	defer cl.Close()
 	const chunk = 500

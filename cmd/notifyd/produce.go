@@ -23,6 +23,7 @@ type produceCmd struct {
 	Users    int           `name:"users" help:"Distinct recipients." default:"10000"`
 	Seed     uint64        `name:"seed" help:"Random seed; the same seed makes the same messages." default:"1"`
 	Quiet    bool          `name:"quiet" help:"No progress line."`
+	kafkaAuthFlags
 }
 
 func (c *produceCmd) Help() string {
@@ -52,6 +53,7 @@ func (c *produceCmd) validate() error {
 	if c.Invalid < 0 || c.Invalid > 1 {
 		errs = append(errs, fmt.Errorf("--invalid: must be between 0 and 1, got %g", c.Invalid))
 	}
+	errs = append(errs, c.kafkaAuthFlags.validate()...)
 	if len(c.Brokers) == 0 {
 		errs = append(errs, errors.New("--brokers: must not be empty"))
 	}
@@ -62,8 +64,12 @@ func (c *produceCmd) Run(ctx context.Context) error {
 	if err := c.validate(); err != nil {
 		return fmt.Errorf("bad settings:\n%w", err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers...), kgo.DefaultProduceTopic(c.Topic),
-		kgo.ProducerLinger(5*time.Millisecond), kgo.MaxBufferedRecords(50_000))
+	auth, err := c.kafkaAuthFlags.opts()
+	if err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.Brokers...), kgo.DefaultProduceTopic(c.Topic),
+		kgo.ProducerLinger(5 * time.Millisecond), kgo.MaxBufferedRecords(50_000)}, auth...)...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}

@@ -44,6 +44,7 @@ func (f logFlags) logger() *slog.Logger {
 type kafkaFlags struct {
 	Brokers []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka bootstrap brokers, comma-separated; empty starts the embedded broker on 127.0.0.1:9092."`
 	Topic   string   `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Input topic."`
+	kafkaAuthFlags
 }
 
 type runCmd struct {
@@ -165,6 +166,10 @@ func (c *runCmd) validate() error {
 	if c.Group == "" {
 		errs = append(errs, errors.New("--group: must not be empty"))
 	}
+	errs = append(errs, c.kafkaAuthFlags.validate()...)
+	if len(c.Brokers) == 0 && (c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" || c.SASLMechanism != "") {
+		errs = append(errs, errors.New("--tls and --sasl-*: need --brokers (the embedded broker speaks plain text)"))
+	}
 	for _, b := range c.Brokers {
 		if !strings.Contains(b, ":") {
 			errs = append(errs, fmt.Errorf("--brokers: %q has no port (want host:port)", b))
@@ -225,6 +230,10 @@ func (c *runCmd) Run(ctx context.Context) error {
 	}
 	log.Info("database ready", "database", store.String(), "schema_version", v)
 
+	auth, err := c.kafkaAuthFlags.opts()
+	if err != nil {
+		return err
+	}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
@@ -236,7 +245,8 @@ func (c *runCmd) Run(ctx context.Context) error {
 	if c.InstanceID != "" {
 		opts = append(opts, kgo.InstanceID(c.InstanceID))
 	}
-	adm, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.WithLogger(kslog.New(log.With("component", "kafka"))))
+	opts = append(opts, auth...)
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.WithLogger(kslog.New(log.With("component", "kafka")))}, auth...)...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}

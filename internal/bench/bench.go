@@ -49,7 +49,13 @@ type Config struct {
 	Brokers     []string      // empty: an embedded broker
 	DatabaseURL string        // empty: the local server
 	Executable  string        // the notifyd binary run for the drain phase
-	Log         *slog.Logger
+	// KafkaOpts are the clients' connection options (TLS, SASL) for
+	// --brokers; ChildArgs and ChildEnv give the same to the drain's
+	// `notifyd run`.
+	KafkaOpts []kgo.Opt
+	ChildArgs []string
+	ChildEnv  []string
+	Log       *slog.Logger
 }
 
 // Quantiles are latency percentiles in milliseconds.
@@ -138,8 +144,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		brokers = c.ListenAddrs()
 	}
 	drainTopic, latTopic := "notifyd-bench-"+suffix, "notifyd-bench-latency-"+suffix
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond),
-		kgo.MaxBufferedRecords(100_000))
+	cl, err := kgo.NewClient(append(cfg.KafkaOpts, kgo.SeedBrokers(brokers...), kgo.ProducerLinger(5*time.Millisecond),
+		kgo.MaxBufferedRecords(100_000))...)
 	if err != nil {
 		return nil, err
 	}
@@ -173,7 +179,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	log.Info("measuring latency", "rate", cfg.Rate, "duration", cfg.Duration)
 	// The latency phase's producer sends each record at once (no linger),
 	// so that the measure is notifyd's, not the load generator's batching.
-	lcl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))
+	lcl, err := kgo.NewClient(append(cfg.KafkaOpts, kgo.SeedBrokers(brokers...), kgo.ProducerLinger(0))...)
 	if err != nil {
 		return nil, err
 	}
@@ -300,9 +306,11 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 	if err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, cfg.Executable, "run",
+	args := append([]string{"run",
 		"--brokers", strings.Join(brokers, ","), "--topic", topic, "--group", "bench",
-		"--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn")
+		"--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn"}, cfg.ChildArgs...)
+	cmd := exec.CommandContext(ctx, cfg.Executable, args...)
+	cmd.Env = append(os.Environ(), cfg.ChildEnv...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
@@ -464,7 +472,7 @@ func latency(ctx context.Context, cfg Config, res *Result, brokers []string, sto
 			flushes = append(flushes, float64(took.Microseconds())/1000)
 			total.Add(int64(len(stamps)))
 		},
-	}, store, cfg.Log, nil, kgo.SeedBrokers(brokers...))
+	}, store, cfg.Log, nil, append(cfg.KafkaOpts, kgo.SeedBrokers(brokers...))...)
 	if err != nil {
 		return err
 	}

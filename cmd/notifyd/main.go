@@ -32,7 +32,6 @@ func main() {
 		kong.BindTo(ctx, (*context.Context)(nil)),
 		kong.Name("notifyd"),
 		kong.Description("notifyd moves in-app notifications from a Kafka topic into a PostgreSQL table, exactly once."),
-		kong.UsageOnError(),
 		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
 	)
 	err := kctx.Run()

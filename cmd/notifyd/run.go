@@ -175,8 +175,11 @@ func (c *runCmd) validate() error {
 			errs = append(errs, fmt.Errorf("--brokers: %q has no port (want host:port)", b))
 		}
 	}
-	if err := c.pipelineConfig().Validate(); err != nil {
-		errs = append(errs, err)
+	if len(errs) == 0 {
+		// What the flags above cannot see alone: settings that must agree.
+		if err := c.pipelineConfig().Validate(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if err := c.config().Validate(); err != nil {
 		errs = append(errs, fmt.Errorf("--database-url: %w", err))

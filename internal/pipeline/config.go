@@ -120,7 +120,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
 	}
 	if d := c.withDefaults(); d.DLQTopic == d.Topic {
-		errs = append(errs, fmt.Errorf("dlq-topic: must differ from topic %q", d.Topic))
+		errs = append(errs, fmt.Errorf("dlq-topic: must differ from --topic %q", d.Topic))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)

@@ -416,6 +416,11 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 	p.gen++
 	for _, id := range parts {
 		pos := stored[id]
+		if old := p.parts[id]; old != nil {
+			// Held before without a revoke in between: what it buffered
+			// was read from a position that no longer counts.
+			p.forget(old)
+		}
 		p.parts[id] = &partition{gen: p.gen, stored: pos}
 		if pos >= 0 {
 			offsets[p.cfg.Topic][id] = kgo.NewOffset().At(pos).WithEpoch(-1)
@@ -444,10 +449,7 @@ func (p *Pipeline) revoked(ctx context.Context, _ *kgo.Client, lost map[string][
 	p.mu.Lock()
 	for _, id := range ids {
 		if ps := p.parts[id]; ps != nil {
-			for _, e := range ps.entries {
-				p.rows--
-				p.bytes -= len(e.rec.Key) + len(e.rec.Value)
-			}
+			p.forget(ps)
 			delete(p.parts, id)
 			p.m.storedPosition.DeleteLabelValues(partLabel(id))
 			p.m.lag.DeleteLabelValues(partLabel(id))
@@ -549,4 +551,14 @@ func (p *Pipeline) statusLoop(ctx context.Context) {
 			last, lastAt = stored, now
 		}
 	}
+}
+
+// forget drops a partition's buffered messages from the buffer's counts.
+// p.mu must be held.
+func (p *Pipeline) forget(ps *partition) {
+	for _, e := range ps.entries {
+		p.rows--
+		p.bytes -= len(e.rec.Key) + len(e.rec.Value)
+	}
+	ps.entries = nil
 }

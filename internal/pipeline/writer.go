@@ -251,11 +251,7 @@ func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32) error {
 			continue // no longer ours
 		}
 		ps.stored = stored[id]
-		for _, e := range ps.entries {
-			p.rows--
-			p.bytes -= len(e.rec.Key) + len(e.rec.Value)
-		}
-		ps.entries = nil
+		p.forget(ps)
 		ps.reseek = true
 	}
 	p.mu.Unlock()

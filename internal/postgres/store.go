@@ -259,7 +259,8 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode, reject func(context
 	var bad []Rejected
 	switch m {
 	case modeIsolate:
-		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, &res)
+		// The whole batch is known to fail: the write before this one said so.
+		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, true, &res)
 	default:
 		var n int64
 		if m == modeCopy {
@@ -324,35 +325,39 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 	return fe
 }
 
-// insertIsolating inserts rows behind a savepoint; when the database rejects
-// them for their data it splits them in halves and recurses, so k bad rows
-// among n cost about 2k·log2(n/k) statements.
-func (s *Store) insertIsolating(ctx context.Context, tx pgx.Tx, rows []notification.Notification, base int, res *Result) ([]Rejected, error) {
-	sp, err := tx.Begin(ctx)
-	if err != nil {
-		return nil, err
-	}
-	n, err := insertRows(ctx, sp, rows)
-	res.Statements++
-	if err == nil {
-		res.Inserted += int(n)
-		return nil, sp.Commit(ctx)
-	}
-	if rbErr := sp.Rollback(ctx); rbErr != nil {
-		return nil, rbErr
-	}
-	if !retry.IsDataError(err) {
-		return nil, err
-	}
-	if len(rows) == 1 {
-		return []Rejected{{Index: base, Err: err}}, nil
+// insertIsolating inserts rows behind a savepoint; when the database
+// rejects them for their data it splits them in halves and recurses. A
+// half whose sibling went in whole must hold the bad row, so it is split
+// without trying it (failing says so); a single row is always tried, for
+// its own error. k bad rows among n cost about k·log2(n/k) statements.
+func (s *Store) insertIsolating(ctx context.Context, tx pgx.Tx, rows []notification.Notification, base int, failing bool, res *Result) ([]Rejected, error) {
+	if !failing || len(rows) == 1 {
+		sp, err := tx.Begin(ctx)
+		if err != nil {
+			return nil, err
+		}
+		n, err := insertRows(ctx, sp, rows)
+		res.Statements++
+		if err == nil {
+			res.Inserted += int(n)
+			return nil, sp.Commit(ctx)
+		}
+		if rbErr := sp.Rollback(ctx); rbErr != nil {
+			return nil, rbErr
+		}
+		if !retry.IsDataError(err) {
+			return nil, err
+		}
+		if len(rows) == 1 {
+			return []Rejected{{Index: base, Err: err}}, nil
+		}
 	}
 	mid := len(rows) / 2
-	left, err := s.insertIsolating(ctx, tx, rows[:mid], base, res)
+	left, err := s.insertIsolating(ctx, tx, rows[:mid], base, false, res)
 	if err != nil {
 		return nil, err
 	}
-	right, err := s.insertIsolating(ctx, tx, rows[mid:], base+mid, res)
+	right, err := s.insertIsolating(ctx, tx, rows[mid:], base+mid, len(left) == 0, res)
 	if err != nil {
 		return nil, err
 	}

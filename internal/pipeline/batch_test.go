@@ -50,7 +50,7 @@ func rec(part int32, off int64, value []byte) *kgo.Record {
 // the offset after its last record.
 func TestBatchAddAndTake(t *testing.T) {
 	t.Parallel()
-	p := bare(map[int32]*partition{0: {gen: 1, stored: 10}, 1: {gen: 1, stored: postgres.NoOffset}, 2: {gen: 1, stored: 5}})
+	p := bare(map[int32]*partition{0: {gen: 1, stored: 10, floor: 10}, 1: {gen: 1, stored: postgres.NoOffset, floor: postgres.NoOffset}, 2: {gen: 1, stored: 5, floor: 5}})
 	got := p.add(fetchOf(100,
 		rec(0, 8, newMsg(0).value()),  // below the stored position: dropped
 		rec(0, 10, newMsg(1).value()), // kept

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
@@ -66,6 +67,7 @@ type Pipeline struct {
 type partition struct {
 	gen     uint64 // assignment this state belongs to
 	stored  int64  // position committed in the database
+	floor   int64  // records below it are already stored and are skipped
 	reseek  bool   // records are dropped until the fetch position is moved to stored
 	entries []entry
 	caught  bool  // the last fetch reached the high watermark
@@ -272,7 +274,7 @@ func (p *Pipeline) add(fetches kgo.Fetches) int {
 			return // not held any more, or being re-read from the stored position
 		}
 		for _, r := range fp.Records {
-			if ps.stored >= 0 && r.Offset < ps.stored {
+			if r.Offset < ps.floor {
 				continue // already stored; can follow a re-seek
 			}
 			e := entry{rec: r}
@@ -305,7 +307,7 @@ func (p *Pipeline) add(fetches kgo.Fetches) int {
 		last := fp.Records[len(fp.Records)-1]
 		ps.caught = last.Offset+1 >= fp.HighWatermark
 		ps.hwm = fp.HighWatermark
-		p.m.lag.WithLabelValues(partLabel(fp.Partition)).Set(float64(ps.hwm - max(ps.stored, 0)))
+		p.m.lag.WithLabelValues(partLabel(fp.Partition)).Set(float64(max(ps.hwm-max(ps.stored, 0), 0)))
 	})
 	p.m.consumed.Add(float64(kept))
 	p.m.bufferedRows.Set(float64(p.rows))
@@ -412,6 +414,7 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 	if err != nil {
 		return nil, err
 	}
+	rewound := p.checkBounds(ctx, stored)
 	p.mu.Lock()
 	p.gen++
 	for _, id := range parts {
@@ -421,8 +424,11 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 			// was read from a position that no longer counts.
 			p.forget(old)
 		}
-		p.parts[id] = &partition{gen: p.gen, stored: pos}
-		if pos >= 0 {
+		p.parts[id] = &partition{gen: p.gen, stored: pos, floor: pos}
+		if rewound[id] {
+			p.parts[id].floor = -1
+			offsets[p.cfg.Topic][id] = p.reset
+		} else if pos >= 0 {
 			offsets[p.cfg.Topic][id] = kgo.NewOffset().At(pos).WithEpoch(-1)
 		} else {
 			// Nothing stored: start at StartOffset, not at the group's
@@ -561,4 +567,48 @@ func (p *Pipeline) forget(ps *partition) {
 		p.bytes -= len(e.rec.Key) + len(e.rec.Value)
 	}
 	ps.entries = nil
+}
+
+// checkBounds compares stored positions with the partitions' logs and
+// returns the partitions whose position lies past the end of the log: the
+// topic was deleted and created again, or the broker lost data. Those start
+// again from StartOffset, and their offsets are read as new. A position
+// before the start of the log means retention deleted messages before they
+// were read; that cannot be undone, only reported. The check is skipped if
+// the broker cannot answer now.
+func (p *Pipeline) checkBounds(ctx context.Context, stored map[int32]int64) map[int32]bool {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	adm := kadm.NewClient(p.client)
+	ends, err := adm.ListEndOffsets(ctx, p.cfg.Topic)
+	if err == nil {
+		err = ends.Error()
+	}
+	starts, err2 := adm.ListStartOffsets(ctx, p.cfg.Topic)
+	if err == nil {
+		err = err2
+	}
+	if err != nil {
+		p.log.Warn("could not compare stored positions with the topic's offsets", "error", err)
+		return nil
+	}
+	rewound := map[int32]bool{}
+	for id, pos := range stored {
+		if pos < 0 {
+			continue
+		}
+		end, ok := ends.Lookup(p.cfg.Topic, id)
+		if ok && end.Err == nil && pos > end.Offset {
+			rewound[id] = true
+			p.log.Error("stored position is past the end of the partition: the topic was recreated or the broker lost data; reading the partition again from the start offset",
+				"partition", id, "stored_offset", pos, "end_offset", end.Offset, "start_offset", p.cfg.StartOffset)
+			continue
+		}
+		start, ok := starts.Lookup(p.cfg.Topic, id)
+		if ok && start.Err == nil && pos < start.Offset {
+			p.log.Error("messages were deleted by retention before notifyd read them",
+				"partition", id, "stored_offset", pos, "log_start_offset", start.Offset, "lost", start.Offset-pos)
+		}
+	}
+	return rewound
 }

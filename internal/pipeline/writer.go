@@ -192,7 +192,7 @@ func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result,
 	p.mu.Lock()
 	for _, r := range b.ranges {
 		if ps := p.parts[r.Partition]; ps != nil && ps.gen == b.gens[r.Partition] {
-			ps.stored = r.To
+			ps.stored, ps.floor = r.To, r.To
 			pos[r.Partition] = r.To
 			lag[r.Partition] = max(ps.hwm-r.To, 0)
 		}
@@ -250,7 +250,7 @@ func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32) error {
 		if ps == nil || ps.gen != b.gens[id] {
 			continue // no longer ours
 		}
-		ps.stored = stored[id]
+		ps.stored, ps.floor = stored[id], stored[id]
 		p.forget(ps)
 		ps.reseek = true
 	}

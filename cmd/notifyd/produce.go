@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"time"
@@ -21,7 +22,7 @@ type produceCmd struct {
 	Duration time.Duration `name:"duration" help:"How long to send; 0 means until --count is reached." default:"0"`
 	Invalid  float64       `name:"invalid" help:"Share of invalid messages, 0 to 1 (half fail to decode, half fail validation)." default:"0"`
 	Users    int           `name:"users" help:"Distinct recipients." default:"10000"`
-	Seed     uint64        `name:"seed" help:"Random seed; the same seed makes the same messages." default:"1"`
+	Seed     uint64        `name:"seed" help:"Random seed; the same seed makes the same messages (and ids, which notifyd then skips as duplicates). 0 picks a new one." default:"0"`
 	Quiet    bool          `name:"quiet" help:"No progress line."`
 	kafkaAuthFlags
 }
@@ -79,7 +80,11 @@ func (c *produceCmd) Run(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, c.Duration)
 		defer cancel()
 	}
-	gen := loadgen.New(c.Seed, c.Users)
+	seed := c.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	gen := loadgen.New(seed, c.Users)
 	gen.InvalidShare = c.Invalid
 
 	var sent, acked, failed, invalid atomic.Int64

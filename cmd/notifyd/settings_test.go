@@ -143,7 +143,7 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	}{
 		{"url to a closed port", []string{"run", "--log-level", "debug", "--metrics-addr", "", "--brokers", broker,
 			"--database-url", fmt.Sprintf("postgres://app:%s@127.0.0.1:%d/app", secret, port)}, nil,
-			fmt.Sprintf("postgres://app@127.0.0.1:%d/app", port)},
+			fmt.Sprintf("host=127.0.0.1 port=%d dbname=app user=app", port)},
 		{"key=value to a closed port", []string{"run", "--metrics-addr", "", "--brokers", broker,
 			"--database-url", fmt.Sprintf("host=127.0.0.1 port=%d user=app password=%s dbname=app", port, secret)}, nil,
 			"connect to"},

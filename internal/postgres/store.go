@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -78,7 +77,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	cc := pc.ConnConfig
-	desc := fmt.Sprintf("postgres://%s@%s/%s", cc.User, hostPort(cc.Host, cc.Port), cc.Database)
+	// No password: this string goes to logs.
+	desc := fmt.Sprintf("host=%s port=%d dbname=%s user=%s", cc.Host, cc.Port, cc.Database, cc.User)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", desc, err)
@@ -90,13 +90,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("connect to %s: %w", desc, err)
 	}
 	return &Store{pool: pool, desc: desc}, nil
-}
-
-func hostPort(host string, port uint16) string {
-	if len(host) > 0 && host[0] == '/' {
-		return host + ":" + strconv.Itoa(int(port)) // a unix socket directory
-	}
-	return host + ":" + strconv.Itoa(int(port))
 }
 
 // String names the database without credentials, for logs.

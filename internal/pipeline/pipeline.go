@@ -38,14 +38,17 @@ const maxPollWait = 100 * time.Millisecond
 
 // Pipeline is one consumer group member moving notifications into the store.
 type Pipeline struct {
-	cfg     Config
-	log     *slog.Logger
-	store   *postgres.Store
-	client  *kgo.Client
-	dlq     dlq.Publisher
-	breaker *retry.Breaker
-	m       *metrics
-	reset   kgo.Offset // where a partition with no stored position starts
+	cfg    Config
+	log    *slog.Logger
+	store  *postgres.Store
+	client *kgo.Client
+	// clientSet is closed once client is set: the group's callbacks can
+	// run before kgo.NewClient has returned it.
+	clientSet chan struct{}
+	dlq       dlq.Publisher
+	breaker   *retry.Breaker
+	m         *metrics
+	reset     kgo.Offset // where a partition with no stored position starts
 
 	ready chan struct{} // a batch is ready to write (capacity 1)
 	space chan struct{} // a write took buffered messages (capacity 1)
@@ -97,6 +100,8 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		ready: make(chan struct{}, 1),
 		space: make(chan struct{}, 1),
 		parts: make(map[int32]*partition),
+
+		clientSet: make(chan struct{}),
 	}
 	p.breaker = retry.NewBreaker(cfg.Breaker, p.onBreakerChange)
 	reset := kgo.NewOffset().AtStart()
@@ -126,6 +131,7 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		return nil, fmt.Errorf("kafka client: %w", err)
 	}
 	p.client = cl
+	close(p.clientSet)
 	p.dlq = dlq.Publisher{Client: cl}
 	return p, nil
 }
@@ -579,6 +585,11 @@ func (p *Pipeline) forget(ps *partition) {
 func (p *Pipeline) checkBounds(ctx context.Context, stored map[int32]int64) map[int32]bool {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
+	select {
+	case <-p.clientSet:
+	case <-ctx.Done():
+		return nil
+	}
 	adm := kadm.NewClient(p.client)
 	ends, err := adm.ListEndOffsets(ctx, p.cfg.Topic)
 	if err == nil {

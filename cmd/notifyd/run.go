@@ -255,7 +255,12 @@ func (c *runCmd) Run(ctx context.Context) error {
 	}
 	// The dead-letter topic must exist before a bad message arrives; the
 	// input topic is the producers' business when a cluster is given.
-	err = broker.EnsureTopics(ctx, kadm.NewClient(adm), 3, dlqTopic)
+	topics := []string{dlqTopic}
+	if len(c.Brokers) == 0 {
+		// The embedded broker's data dir may predate this --topic.
+		topics = append(topics, c.Topic)
+	}
+	err = broker.EnsureTopics(ctx, kadm.NewClient(adm), 3, topics...)
 	adm.Close()
 	if err != nil {
 		return err

@@ -366,8 +366,8 @@ func TestRunServesMetricsHealthAndReadiness(t *testing.T) {
 		{"notifyd_end_to_end_latency_seconds_count", 4, 6},
 		{"notifyd_db_pool_connections", 1, 1e9},
 		{"notifyd_db_pool_acquires_total", 1, 1e9},
-		{"notifyd_connects_total", 1, 1e9},   // franz-go's kprom
-		{"notifyd_read_bytes_total", 1, 1e9}, // franz-go's kprom
+		{"notifyd_kafka_connects_total", 1, 1e9},   // franz-go's kprom
+		{"notifyd_kafka_read_bytes_total", 1, 1e9}, // franz-go's kprom
 		{"go_goroutines", 1, 1e9},
 	} {
 		got, ok := m.value(c.name)

@@ -220,7 +220,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	kp := kprom.NewMetrics("notifyd", kprom.Registerer(reg), kprom.Gatherer(reg))
+	kp := kprom.NewMetrics("notifyd_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))
 
 	store, err := postgres.Open(ctx, c.config())
 	if err != nil {

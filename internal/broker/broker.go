@@ -14,8 +14,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-// DefaultAddr is where the embedded broker listens.
-const DefaultAddr = "127.0.0.1:9092"
 
 // Config configures the embedded broker.
 type Config struct {
@@ -65,9 +63,6 @@ func Start(cfg Config) (*Embedded, error) {
 
 // Addrs are the broker's listen addresses.
 func (e *Embedded) Addrs() []string { return e.c.ListenAddrs() }
-
-// Cluster is the underlying fake cluster, for tests that inject faults.
-func (e *Embedded) Cluster() *kfake.Cluster { return e.c }
 
 // Close stops the broker, persisting its state.
 func (e *Embedded) Close() { e.c.Close() }

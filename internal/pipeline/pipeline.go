@@ -136,9 +136,6 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 	return p, nil
 }
 
-// Client is the Kafka client, for metrics and lag.
-func (p *Pipeline) Client() *kgo.Client { return p.client }
-
 // Ready reports why the pipeline is not consuming, or nil: it must hold
 // partitions, the database breaker must be closed and the database must
 // answer, and no shutdown may have begun.

@@ -14,7 +14,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
-
 // Config configures the embedded broker.
 type Config struct {
 	// Port to listen on, on 127.0.0.1; 0 means 9092.

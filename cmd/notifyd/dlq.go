@@ -24,6 +24,16 @@ type dlqCmd struct {
 	Replay dlqReplayCmd `cmd:"" help:"Send dead letters back onto the input topic."`
 }
 
+func (dlqCmd) Help() string {
+	return `Dead letters are the messages notifyd could not store, with the reason in
+their headers. Fix the cause, then replay them.
+
+Examples:
+  notifyd dlq list
+  notifyd dlq show --class validate --last 3
+  notifyd dlq replay --class store --dry-run`
+}
+
 type dlqFlags struct {
 	Brokers  []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"127.0.0.1:9092" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
 	Topic    string   `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Input topic."`

@@ -13,6 +13,10 @@ var version = "dev"
 
 type versionCmd struct{}
 
+func (versionCmd) Help() string {
+	return "Prints notifyd's version, the Go and library versions it was built with, and the\nschema version it migrates to.\n\nExample:\n  notifyd version"
+}
+
 func (versionCmd) Run(context.Context) error {
 	fmt.Printf("notifyd %s\n", version)
 	if bi, ok := debug.ReadBuildInfo(); ok {

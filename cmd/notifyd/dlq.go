@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -205,11 +206,7 @@ func (c *dlqShowCmd) Run(ctx context.Context) error {
 }
 
 func sortByTime(recs []*kgo.Record) {
-	for i := 1; i < len(recs); i++ {
-		for j := i; j > 0 && recs[j].Timestamp.Before(recs[j-1].Timestamp); j-- {
-			recs[j], recs[j-1] = recs[j-1], recs[j]
-		}
-	}
+	slices.SortStableFunc(recs, func(a, b *kgo.Record) int { return a.Timestamp.Compare(b.Timestamp) })
 }
 
 func printLetter(w io.Writer, r *kgo.Record) {

@@ -112,19 +112,18 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	// A schema of its own keeps the benchmark's rows out of the real table.
 	suffix := randHex()
 	schema := "notifyd_bench_" + suffix
-	admin, err := pgx.Connect(ctx, cfg.DatabaseURL)
-	if cfg.DatabaseURL == "" {
-		admin, err = connectLocal(ctx)
-	}
+	// The same connection defaults as notifyd run (the local server, user
+	// postgres, when no URL is given).
+	admin, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL, MaxConns: 1})
 	if err != nil {
-		return nil, fmt.Errorf("connect to the database: %w", err)
+		return nil, err
 	}
-	defer admin.Close(context.WithoutCancel(ctx))
-	if _, err := admin.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+	defer admin.Close()
+	if _, err := admin.Pool().Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		return nil, fmt.Errorf("create schema %s: %w", schema, err)
 	}
-	defer admin.Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
-	url := withSearchPath(admin.Config().ConnString(), admin.Config(), schema)
+	defer admin.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
+	url := withSearchPath(admin.Pool().Config().ConnConfig, schema)
 	store, err := postgres.Open(ctx, postgres.Config{URL: url})
 	if err != nil {
 		return nil, err
@@ -190,32 +189,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	return res, nil
 }
 
-func connectLocal(ctx context.Context) (*pgx.Conn, error) {
-	pc, err := pgx.ParseConfig("")
-	if err != nil {
-		return nil, err
-	}
-	if os.Getenv("PGUSER") == "" {
-		pc.User = "postgres"
-		if os.Getenv("PGDATABASE") == "" {
-			pc.Database = "postgres"
-		}
-	}
-	return pgx.ConnectConfig(ctx, pc)
-}
-
-// withSearchPath makes a URL for the drain process that reaches the same
-// server and database, with the benchmark's schema first on the path.
-func withSearchPath(_ string, cc *pgx.ConnConfig, schema string) string {
-	host := cc.Host
-	if strings.HasPrefix(host, "/") {
-		return fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s", host, cc.Port, cc.User, cc.Database, schema)
-	}
-	pw := ""
+// withSearchPath makes a connection string for the benchmark's stores and
+// the drain process that reaches the same server and database, with the
+// benchmark's schema first on the path.
+func withSearchPath(cc *pgx.ConnConfig, schema string) string {
+	q := func(v string) string { return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'" }
+	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s", q(cc.Host), cc.Port, q(cc.User), q(cc.Database), schema)
 	if cc.Password != "" {
-		pw = " password=" + cc.Password
+		s += " password=" + q(cc.Password)
 	}
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s%s", host, cc.Port, cc.User, cc.Database, schema, pw)
+	return s
 }
 
 func randHex() string {

@@ -34,7 +34,7 @@ Examples:
   notifyd bench --brokers kafka:9092 --database-url postgres://bench@db/bench`
 }
 
-func (c *benchCmd) Run(ctx context.Context) error {
+func (c *benchCmd) validate() error {
 	var errs []error
 	if c.Messages < 1 {
 		errs = append(errs, fmt.Errorf("--messages: must be at least 1, got %d", c.Messages))
@@ -46,9 +46,11 @@ func (c *benchCmd) Run(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
 	}
 	errs = append(errs, c.kafkaAuthFlags.validate()...)
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("bad settings:\n%w", err)
-	}
+	errs = append(errs, checkBrokers(c.Brokers)...)
+	return errors.Join(errs...)
+}
+
+func (c *benchCmd) Run(ctx context.Context) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return err

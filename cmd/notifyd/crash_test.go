@@ -1137,8 +1137,8 @@ func TestGracefulShutdownSIGTERM(t *testing.T) {
 		if !ok {
 			t.Fatalf("still running 5s after a second signal")
 		}
-		if code == 0 {
-			t.Fatalf("exit code after a second signal: got 0, want non-zero")
+		if want := exitSignalBase + int(syscall.SIGINT); code != want {
+			t.Fatalf("exit code after a second signal (SIGINT): got %d, want %d", code, want)
 		}
 		if !strings.Contains(d.out.String(), "exiting now") {
 			t.Errorf("output does not say it exits at once:\n%s", d.out.tail(10))

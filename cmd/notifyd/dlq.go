@@ -36,8 +36,8 @@ Examples:
 }
 
 type dlqFlags struct {
-	Brokers  []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"127.0.0.1:9092" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
-	Topic    string   `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Input topic."`
+	Brokers  []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"${embedded_broker}" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
+	Topic    string   `name:"topic" env:"NOTIFYD_TOPIC" default:"${topic}" help:"Input topic."`
 	DLQTopic string   `name:"dlq-topic" env:"NOTIFYD_DLQ_TOPIC" help:"Dead-letter topic; empty means <topic>.dlq."`
 
 	Class       string    `name:"class" enum:",decode,validate,store" default:"" help:"Only dead letters of this class: decode, validate or store."`
@@ -63,14 +63,20 @@ func (f *dlqFlags) dlqTopic() string {
 	if f.DLQTopic != "" {
 		return f.DLQTopic
 	}
-	return f.Topic + ".dlq"
+	return dlq.DefaultTopic(f.Topic)
 }
 
-// client connects to the cluster, after checking the connection settings.
-func (f *dlqFlags) client() (*kgo.Client, error) {
-	if err := errors.Join(f.kafkaAuthFlags.validate()...); err != nil {
-		return nil, fmt.Errorf("bad settings:\n%w", err)
+// validate checks the settings every dlq command shares.
+func (f *dlqFlags) validate() error {
+	errs := append(checkBrokers(f.Brokers), f.kafkaAuthFlags.validate()...)
+	if _, err := f.filter(); err != nil {
+		errs = append(errs, err)
 	}
+	return errors.Join(errs...)
+}
+
+// client connects to the cluster.
+func (f *dlqFlags) client() (*kgo.Client, error) {
 	auth, err := f.kafkaAuthFlags.opts()
 	if err != nil {
 		return nil, err

@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
@@ -42,7 +44,43 @@ func (f *kafkaAuthFlags) validate() []error {
 	if f.SASLMechanism == "" && (f.SASLUsername != "" || f.SASLPassword != "") {
 		errs = append(errs, errors.New("--sasl-mechanism: needed when a SASL user name or password is given"))
 	}
+	if len(errs) == 0 {
+		// The files exist: read them now, so that a bad one stops the
+		// command before it starts anything.
+		if _, err := f.opts(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errs
+}
+
+// checkBrokers reports each --brokers entry that is not host:port.
+func checkBrokers(brokers []string) []error {
+	var errs []error
+	for _, b := range brokers {
+		host, port, err := net.SplitHostPort(b)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--brokers: %q: want host:port", b))
+			continue
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 || host == "" {
+			errs = append(errs, fmt.Errorf("--brokers: %q: want host:port with a port from 1 to 65535", b))
+		}
+	}
+	return errs
+}
+
+// checkListenAddr reports an address that cannot be listened on as given:
+// host:port, the host optional, the port 0 to 65535.
+func checkListenAddr(addr string) error {
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: want host:port or :port", addr)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: want a port from 0 to 65535", addr)
+	}
+	return nil
 }
 
 // opts are the client options for TLS and SASL.

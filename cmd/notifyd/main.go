@@ -3,7 +3,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
@@ -24,36 +26,65 @@ type cli struct {
 }
 
 func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run parses args and runs the command, returning the exit code.
+func run(args []string) int {
 	unsetEmptyEnv()
-	ctx, stop := signalContext()
-	defer stop()
 	var c cli
-	kctx := kong.Parse(&c,
-		kong.BindTo(ctx, (*context.Context)(nil)),
-		kong.Name("notifyd"),
-		kong.Description("notifyd moves in-app notifications from a Kafka topic into a PostgreSQL table, exactly once."),
-		kong.ConfigureHelp(kong.HelpOptions{Compact: true}),
-	)
-	err := kctx.Run()
+	k, err := newParser(&c)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "notifyd:", err)
-		os.Exit(1)
+		return exitFailure
 	}
+	kctx, err := k.Parse(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		var se *settingsError
+		if !errors.As(err, &se) {
+			fmt.Fprintln(os.Stderr, "(see notifyd --help)")
+		}
+		return exitUsage
+	}
+	ctx, stop := signalContext(c.logger(kctx))
+	defer stop()
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	if err := kctx.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		return exitFailure
+	}
+	return 0
+}
+
+// logger is the selected command's logger, or a default one for commands
+// without log settings.
+func (c *cli) logger(kctx *kong.Context) *slog.Logger {
+	if sel := kctx.Selected(); sel != nil && sel.Target.CanAddr() {
+		if l, ok := sel.Target.Addr().Interface().(interface{ logger() *slog.Logger }); ok {
+			return l.logger()
+		}
+	}
+	return logFlags{LogLevel: "info", LogFormat: "text"}.logger()
 }
 
 // signalContext ends the context on the first SIGINT or SIGTERM, for a
-// clean shutdown; a second signal exits at once.
-func signalContext() (context.Context, func()) {
+// clean shutdown; a second signal exits at once with 128 + its number.
+func signalContext(log *slog.Logger) (context.Context, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	go func() {
 		s := <-sigs
-		fmt.Fprintf(os.Stderr, "notifyd: %s: shutting down (send it again to exit at once)\n", s)
+		log.Info("shutting down; send the signal again to exit at once", "signal", s.String())
 		cancel()
 		s = <-sigs
-		fmt.Fprintf(os.Stderr, "notifyd: %s again: exiting now\n", s)
-		os.Exit(130)
+		log.Warn("exiting now without a clean shutdown", "signal", s.String())
+		code := exitSignalBase
+		if n, ok := s.(syscall.Signal); ok {
+			code += int(n)
+		}
+		os.Exit(code)
 	}()
 	return ctx, func() { signal.Stop(sigs); cancel() }
 }

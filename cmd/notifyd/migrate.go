@@ -9,7 +9,7 @@ import (
 
 type dbFlags struct {
 	DatabaseURL string `name:"database-url" env:"NOTIFYD_DATABASE_URL,DATABASE_URL" help:"PostgreSQL connection string; empty uses the local server as libpq finds it (PG* variables; user postgres when none is given)."`
-	DBMaxConns  int32  `name:"db-max-conns" env:"NOTIFYD_DB_MAX_CONNS" default:"4" help:"Connections in the database pool."`
+	DBMaxConns  int32  `name:"db-max-conns" env:"NOTIFYD_DB_MAX_CONNS" default:"${db_max_conns}" nonzero:"true" help:"Connections in the database pool."`
 }
 
 func (f dbFlags) config() postgres.Config {
@@ -25,20 +25,9 @@ func (c *migrateCmd) Help() string {
 }
 
 // validate names the bad setting as the command line does.
-func (f dbFlags) validate() error {
-	if f.DBMaxConns < 0 {
-		return fmt.Errorf("--db-max-conns: must be 0 (the default, 4) or more, got %d", f.DBMaxConns)
-	}
-	if err := f.config().Validate(); err != nil {
-		return fmt.Errorf("--database-url: %w", err)
-	}
-	return nil
-}
+func (f dbFlags) validate() error { return f.config().Validate() }
 
 func (c *migrateCmd) Run(ctx context.Context) error {
-	if err := c.validate(); err != nil {
-		return fmt.Errorf("bad settings:\n%w", err)
-	}
 	st, err := postgres.Open(ctx, c.config())
 	if err != nil {
 		return err

@@ -31,8 +31,7 @@ import (
 func runCommand(ctx context.Context, out io.Writer, args ...string) error {
 	var c cli
 	c.DLQ.List.out, c.DLQ.Show.out, c.DLQ.Replay.out = out, out, out
-	k, err := kong.New(&c,
-		kong.Name("notifyd"),
+	k, err := newParser(&c,
 		kong.BindTo(ctx, (*context.Context)(nil)),
 		kong.Exit(func(int) {}),
 	)

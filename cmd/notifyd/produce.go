@@ -15,8 +15,8 @@ import (
 )
 
 type produceCmd struct {
-	Brokers  []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"127.0.0.1:9092" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
-	Topic    string        `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Topic to produce to."`
+	Brokers  []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," default:"${embedded_broker}" help:"Kafka bootstrap brokers; the default is the embedded broker of a running 'notifyd run'."`
+	Topic    string        `name:"topic" env:"NOTIFYD_TOPIC" default:"${topic}" help:"Topic to produce to."`
 	Count    int           `name:"count" help:"Messages to send; 0 with --duration sends until the duration ends." default:"0"`
 	Rate     int           `name:"rate" help:"Messages per second; 0 sends as fast as the broker takes them." default:"0"`
 	Duration time.Duration `name:"duration" help:"How long to send; 0 means until --count is reached." default:"0"`
@@ -54,7 +54,14 @@ func (c *produceCmd) validate() error {
 	if c.Invalid < 0 || c.Invalid > 1 {
 		errs = append(errs, fmt.Errorf("--invalid: must be between 0 and 1, got %g", c.Invalid))
 	}
+	if c.Users < 1 {
+		errs = append(errs, fmt.Errorf("--users: must be at least 1, got %d", c.Users))
+	}
+	if c.Topic == "" {
+		errs = append(errs, errors.New("--topic: must not be empty"))
+	}
 	errs = append(errs, c.kafkaAuthFlags.validate()...)
+	errs = append(errs, checkBrokers(c.Brokers)...)
 	if len(c.Brokers) == 0 {
 		errs = append(errs, errors.New("--brokers: must not be empty"))
 	}
@@ -62,9 +69,6 @@ func (c *produceCmd) validate() error {
 }
 
 func (c *produceCmd) Run(ctx context.Context) error {
-	if err := c.validate(); err != nil {
-		return fmt.Errorf("bad settings:\n%w", err)
-	}
 	auth, err := c.kafkaAuthFlags.opts()
 	if err != nil {
 		return err

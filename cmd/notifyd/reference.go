@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"strings"
+	"syscall"
 
 	"github.com/alecthomas/kong"
 )
@@ -13,7 +14,7 @@ import (
 // drift.
 func settingsReference() (string, error) {
 	var c cli
-	k, err := kong.New(&c, kong.Name("notifyd"))
+	k, err := newParser(&c)
 	if err != nil {
 		return "", err
 	}
@@ -53,5 +54,15 @@ func settingsReference() (string, error) {
 		}
 	}
 	walk(k.Model.Node)
+	fmt.Fprintf(&sb, `
+## Exit codes
+
+| code | meaning |
+|---|---|
+| 0 | the command did its work; for `+"`run`"+`, a clean stop after SIGINT or SIGTERM |
+| %d | a runtime failure: a dependency failed or could not be reached (the message says which) |
+| %d | a bad setting, flag or command: nothing was started (the message names the flag) |
+| %d + signal | a second SIGINT or SIGTERM during shutdown: exited at once without finishing it (%d for SIGINT, %d for SIGTERM) |
+`, exitFailure, exitUsage, exitSignalBase, exitSignalBase+int(syscall.SIGINT), exitSignalBase+int(syscall.SIGTERM))
 	return sb.String(), nil
 }

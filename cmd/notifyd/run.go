@@ -20,6 +20,7 @@ import (
 
 	"github.com/notifyd/notifyd/internal/admin"
 	"github.com/notifyd/notifyd/internal/broker"
+	"github.com/notifyd/notifyd/internal/dlq"
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pipeline"
 	"github.com/notifyd/notifyd/internal/postgres"
@@ -43,7 +44,7 @@ func (f logFlags) logger() *slog.Logger {
 
 type kafkaFlags struct {
 	Brokers []string `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka bootstrap brokers, comma-separated; empty starts the embedded broker on 127.0.0.1:9092."`
-	Topic   string   `name:"topic" env:"NOTIFYD_TOPIC" default:"notifications" help:"Input topic."`
+	Topic   string   `name:"topic" env:"NOTIFYD_TOPIC" default:"${topic}" help:"Input topic."`
 	kafkaAuthFlags
 }
 
@@ -52,35 +53,35 @@ type runCmd struct {
 	dbFlags
 	logFlags
 
-	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"notifyd" help:"Consumer group."`
+	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"${group}" help:"Consumer group."`
 	DLQTopic      string        `name:"dlq-topic" env:"NOTIFYD_DLQ_TOPIC" help:"Dead-letter topic; empty means <topic>.dlq."`
-	BatchSize     int           `name:"batch-size" env:"NOTIFYD_BATCH_SIZE" default:"100" help:"Buffered messages that trigger a write; ready batches coalesce while a write runs."`
-	FlushInterval time.Duration `name:"flush-interval" env:"NOTIFYD_FLUSH_INTERVAL" default:"5s" help:"Longest a message waits for its batch to fill; a batch is written sooner once the consumer has caught up."`
-	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"127.0.0.1:9464" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
+	BatchSize     int           `name:"batch-size" env:"NOTIFYD_BATCH_SIZE" default:"${batch_size}" nonzero:"true" help:"Buffered messages that trigger a write; ready batches coalesce while a write runs."`
+	FlushInterval time.Duration `name:"flush-interval" env:"NOTIFYD_FLUSH_INTERVAL" default:"${flush_interval}" nonzero:"true" help:"Longest a message waits for its batch to fill; a batch is written sooner once the consumer has caught up."`
+	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
 	DataDir       string        `name:"data-dir" env:"NOTIFYD_DATA_DIR" default:"./notifyd-data" help:"Where the embedded broker keeps its data."`
 
 	InstanceID       string        `name:"instance-id" env:"NOTIFYD_INSTANCE_ID" help:"Static group membership id (stable per instance, e.g. the pod name): a restarted instance takes its partitions back without a rebalance."`
 	RebalanceTimeout time.Duration `name:"rebalance-timeout" env:"NOTIFYD_REBALANCE_TIMEOUT" default:"15s" help:"How long a rebalance waits for every member to rejoin; a member that died mid-rebalance holds the group this long."`
 	SessionTimeout   time.Duration `name:"session-timeout" env:"NOTIFYD_SESSION_TIMEOUT" default:"6s" help:"Group session timeout: how long a crashed instance's partitions wait before moving."`
-	StartOffset      string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"earliest" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
+	StartOffset      string        `name:"start-offset" env:"NOTIFYD_START_OFFSET" default:"${start_offset}" enum:"earliest,latest" help:"Where a partition with no stored position starts: earliest or latest."`
 
-	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"2500" help:"Messages read but not yet taken by a write, at most; fetching pauses at the bound."`
-	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"4194304" help:"Key and value bytes read but not yet taken by a write, at most."`
+	MaxBufferedRows  int           `name:"max-buffered-rows" env:"NOTIFYD_MAX_BUFFERED_ROWS" default:"${max_buffered_rows}" nonzero:"true" help:"Messages read but not yet taken by a write, at most; fetching pauses at the bound."`
+	MaxBufferedBytes int           `name:"max-buffered-bytes" env:"NOTIFYD_MAX_BUFFERED_BYTES" default:"${max_buffered_bytes}" nonzero:"true" help:"Key and value bytes read but not yet taken by a write, at most."`
 	MemoryLimit      int64         `name:"memory-limit" env:"NOTIFYD_MEMORY_LIMIT" default:"33554432" help:"Soft limit of the Go heap in bytes (the GC works harder near it); 0 leaves it to GOMEMLIMIT or unset. Ignored when GOMEMLIMIT is set."`
-	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"30s" help:"Longest the final write may take on shutdown."`
-	WriteTimeout     time.Duration `name:"write-timeout" env:"NOTIFYD_WRITE_TIMEOUT" default:"5s" help:"Longest one write attempt may take before it counts as failed and is retried."`
+	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"${shutdown_timeout}" nonzero:"true" help:"Longest the final write may take on shutdown."`
+	WriteTimeout     time.Duration `name:"write-timeout" env:"NOTIFYD_WRITE_TIMEOUT" default:"${write_timeout}" nonzero:"true" help:"Longest one write attempt may take before it counts as failed and is retried."`
 	StatusInterval   time.Duration `name:"status-interval" env:"NOTIFYD_STATUS_INTERVAL" default:"30s" help:"How often to log a one-line status (rate, rows, dead letters, lag); 0 disables it."`
 
-	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"3" help:"Retries of a failed write before the breaker counts a failure."`
-	RetryInitial     time.Duration `name:"retry-initial-backoff" env:"NOTIFYD_RETRY_INITIAL_BACKOFF" default:"100ms" help:"First wait before a retry; doubles each retry."`
-	RetryMax         time.Duration `name:"retry-max-backoff" env:"NOTIFYD_RETRY_MAX_BACKOFF" default:"5s" help:"Longest wait between retries."`
-	BreakerThreshold int           `name:"breaker-threshold" env:"NOTIFYD_BREAKER_THRESHOLD" default:"5" help:"Consecutive failed writes that open the database circuit breaker."`
-	BreakerTimeout   time.Duration `name:"breaker-timeout" env:"NOTIFYD_BREAKER_TIMEOUT" default:"1s" help:"How long the breaker stays open before it lets a probe through."`
+	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"${retry_max_retries}" help:"Retries of a failed write before the breaker counts a failure; 0 for none."`
+	RetryInitial     time.Duration `name:"retry-initial-backoff" env:"NOTIFYD_RETRY_INITIAL_BACKOFF" default:"${retry_initial_backoff}" nonzero:"true" help:"First wait before a retry; doubles each retry."`
+	RetryMax         time.Duration `name:"retry-max-backoff" env:"NOTIFYD_RETRY_MAX_BACKOFF" default:"${retry_max_backoff}" nonzero:"true" help:"Longest wait between retries."`
+	BreakerThreshold int           `name:"breaker-threshold" env:"NOTIFYD_BREAKER_THRESHOLD" default:"${breaker_threshold}" nonzero:"true" help:"Consecutive failed writes that open the database circuit breaker."`
+	BreakerTimeout   time.Duration `name:"breaker-timeout" env:"NOTIFYD_BREAKER_TIMEOUT" default:"${breaker_timeout}" nonzero:"true" help:"How long the breaker stays open before it lets a probe through."`
 
-	MaxEventTypeBytes int `name:"max-event-type-bytes" env:"NOTIFYD_MAX_EVENT_TYPE_BYTES" default:"64" help:"Longest event_type, in bytes."`
-	MaxTitleChars     int `name:"max-title-chars" env:"NOTIFYD_MAX_TITLE_CHARS" default:"256" help:"Longest title, in characters."`
-	MaxBodyChars      int `name:"max-body-chars" env:"NOTIFYD_MAX_BODY_CHARS" default:"4096" help:"Longest body, in characters."`
-	MaxDataBytes      int `name:"max-data-bytes" env:"NOTIFYD_MAX_DATA_BYTES" default:"16384" help:"Largest data object, in bytes as sent."`
+	MaxEventTypeBytes int `name:"max-event-type-bytes" env:"NOTIFYD_MAX_EVENT_TYPE_BYTES" default:"${max_event_type_bytes}" nonzero:"true" help:"Longest event_type, in bytes."`
+	MaxTitleChars     int `name:"max-title-chars" env:"NOTIFYD_MAX_TITLE_CHARS" default:"${max_title_chars}" nonzero:"true" help:"Longest title, in characters."`
+	MaxBodyChars      int `name:"max-body-chars" env:"NOTIFYD_MAX_BODY_CHARS" default:"${max_body_chars}" nonzero:"true" help:"Longest body, in characters."`
+	MaxDataBytes      int `name:"max-data-bytes" env:"NOTIFYD_MAX_DATA_BYTES" default:"${max_data_bytes}" nonzero:"true" help:"Largest data object, in bytes as sent."`
 }
 
 func (c *runCmd) Help() string {
@@ -109,50 +110,24 @@ func (c *runCmd) pipelineConfig() pipeline.Config {
 	}
 }
 
-// retriesSetting maps the flag (0 means none) to the policy (0 means the default).
+// retriesSetting maps the flag (0 means none) to the policy (0 means the
+// default, -1 none); validate refuses a negative flag.
 func retriesSetting(n int) int {
-	if n == 0 {
+	if n <= 0 {
 		return -1
 	}
 	return n
 }
 
-// validate checks every setting before anything starts, naming each bad one.
+// validate checks every setting before anything starts, naming each bad
+// one: first what only the command knows, then each package's Config.
 func (c *runCmd) validate() error {
 	var errs []error
-	positive := func(name string, v int) {
-		if v <= 0 {
-			errs = append(errs, fmt.Errorf("--%s: must be at least 1, got %d", name, v))
-		}
+	if c.RetryMaxRetries < 0 {
+		errs = append(errs, fmt.Errorf("--retry-max-retries: must be 0 (none) or more, got %d", c.RetryMaxRetries))
 	}
-	positiveD := func(name string, v time.Duration) {
-		if v <= 0 {
-			errs = append(errs, fmt.Errorf("--%s: must be positive, got %s", name, v))
-		}
-	}
-	positive("batch-size", c.BatchSize)
-	positive("max-buffered-rows", c.MaxBufferedRows)
-	positive("max-buffered-bytes", c.MaxBufferedBytes)
-	positive("breaker-threshold", c.BreakerThreshold)
-	positive("max-event-type-bytes", c.MaxEventTypeBytes)
-	positive("max-title-chars", c.MaxTitleChars)
-	positive("max-body-chars", c.MaxBodyChars)
-	positive("max-data-bytes", c.MaxDataBytes)
-	positive("db-max-conns", int(c.DBMaxConns))
-	positiveD("flush-interval", c.FlushInterval)
-	positiveD("shutdown-timeout", c.ShutdownTimeout)
-	positiveD("write-timeout", c.WriteTimeout)
-	positiveD("retry-initial-backoff", c.RetryInitial)
-	positiveD("retry-max-backoff", c.RetryMax)
-	positiveD("breaker-timeout", c.BreakerTimeout)
 	if c.MemoryLimit < 0 {
 		errs = append(errs, fmt.Errorf("--memory-limit: must be 0 or more bytes, got %d", c.MemoryLimit))
-	}
-	if c.StatusInterval < 0 {
-		errs = append(errs, fmt.Errorf("--status-interval: must not be negative, got %s", c.StatusInterval))
-	}
-	if c.RetryMaxRetries < 0 {
-		errs = append(errs, fmt.Errorf("--retry-max-retries: must be 0 or more, got %d", c.RetryMaxRetries))
 	}
 	if c.SessionTimeout < 6*time.Second || c.SessionTimeout > 5*time.Minute {
 		errs = append(errs, fmt.Errorf("--session-timeout: must be between 6s and 5m (the brokers' usual bounds), got %s", c.SessionTimeout))
@@ -166,31 +141,34 @@ func (c *runCmd) validate() error {
 	if c.Group == "" {
 		errs = append(errs, errors.New("--group: must not be empty"))
 	}
+	errs = append(errs, checkBrokers(c.Brokers)...)
 	errs = append(errs, c.kafkaAuthFlags.validate()...)
 	if len(c.Brokers) == 0 && (c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" || c.SASLMechanism != "") {
 		errs = append(errs, errors.New("--tls and --sasl-*: need --brokers (the embedded broker speaks plain text)"))
 	}
-	for _, b := range c.Brokers {
-		if !strings.Contains(b, ":") {
-			errs = append(errs, fmt.Errorf("--brokers: %q has no port (want host:port)", b))
+	if c.MetricsAddr != "" {
+		if err := checkListenAddr(c.MetricsAddr); err != nil {
+			errs = append(errs, fmt.Errorf("--metrics-addr: %w", err))
 		}
 	}
-	if len(errs) == 0 {
-		// What the flags above cannot see alone: settings that must agree.
-		if err := c.pipelineConfig().Validate(); err != nil {
-			errs = append(errs, err)
+	if len(c.Brokers) == 0 {
+		if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
+			errs = append(errs, fmt.Errorf("--data-dir: %s is not a directory", c.DataDir))
 		}
+	}
+	if err := c.pipelineConfig().Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	if err := c.config().Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("--database-url: %w", err))
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
+// Run starts notifyd; its settings were checked when they were parsed
+// (validate). What can still fail only when tried, binding the metrics
+// address and creating the data dir, is tried before anything else starts.
 func (c *runCmd) Run(ctx context.Context) error {
-	if err := c.validate(); err != nil {
-		return fmt.Errorf("bad settings:\n%w", err)
-	}
 	log := c.logger()
 	if c.MemoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(c.MemoryLimit)
@@ -198,11 +176,32 @@ func (c *runCmd) Run(ctx context.Context) error {
 	cfg := c.pipelineConfig()
 	dlqTopic := cfg.DLQTopic
 	if dlqTopic == "" {
-		dlqTopic = c.Topic + ".dlq"
+		dlqTopic = dlq.DefaultTopic(c.Topic)
+	}
+	auth, err := c.kafkaAuthFlags.opts()
+	if err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kp := kprom.NewMetrics("notifyd_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))
+	// p is set before the server serves, so /readyz never sees it nil.
+	var p *pipeline.Pipeline
+	var srv *admin.Server
+	if c.MetricsAddr != "" {
+		srv, err = admin.Listen(c.MetricsAddr, reg, func(ctx context.Context) error { return p.Ready(ctx) })
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
 	}
 
 	brokers := c.Brokers
 	if len(brokers) == 0 {
+		if err := os.MkdirAll(c.DataDir, 0o755); err != nil {
+			return fmt.Errorf("--data-dir: %w", err)
+		}
 		emb, err := broker.Start(broker.Config{
 			DataDir: c.DataDir, Topics: []string{c.Topic, dlqTopic}, Partitions: 3,
 			Logger: log.With("component", "broker"),
@@ -218,10 +217,6 @@ func (c *runCmd) Run(ctx context.Context) error {
 				"6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11", brokers[0], c.Topic))
 	}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	kp := kprom.NewMetrics("notifyd_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))
-
 	store, err := postgres.Open(ctx, c.config())
 	if err != nil {
 		return err
@@ -233,10 +228,6 @@ func (c *runCmd) Run(ctx context.Context) error {
 	}
 	log.Info("database ready", "database", store.String(), "schema_version", v)
 
-	auth, err := c.kafkaAuthFlags.opts()
-	if err != nil {
-		return err
-	}
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
@@ -266,7 +257,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		return err
 	}
 
-	p, err := pipeline.New(cfg, store, log, reg, opts...)
+	p, err = pipeline.New(cfg, store, log, reg, opts...)
 	if err != nil {
 		return err
 	}
@@ -274,12 +265,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	reg.MustRegister(poolStats)
 
 	g, gctx := errgroup.WithContext(ctx)
-	var srv *admin.Server
-	if c.MetricsAddr != "" {
-		srv, err = admin.Listen(c.MetricsAddr, reg, p.Ready)
-		if err != nil {
-			return err
-		}
+	if srv != nil {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
 		g.Go(srv.Serve)
 	}

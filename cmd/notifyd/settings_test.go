@@ -105,28 +105,92 @@ func TestBadSettingsFailAtStart(t *testing.T) {
 		{"shutdown timeout negative", []string{"--shutdown-timeout", "-5s"}, nil, "--shutdown-timeout"},
 		{"title limit zero", []string{"--max-title-chars", "0"}, nil, "--max-title-chars"},
 		{"db pool zero", []string{"--db-max-conns", "0"}, nil, "--db-max-conns"},
+		{"db pool negative", []string{"--db-max-conns=-1"}, nil, "--db-max-conns"},
 		{"unknown flag", []string{"--batchsize", "5"}, nil, "--batchsize"},
+		{"metrics addr without port", []string{"--metrics-addr", "localhost"}, nil, "--metrics-addr"},
+		{"metrics addr port out of range", []string{"--metrics-addr", "127.0.0.1:99999"}, nil, "--metrics-addr"},
+		{"broker port out of range", []string{"--brokers", "127.0.0.1:0"}, nil, "--brokers"},
+		{"data dir is a file", []string{"--brokers=", "--data-dir", "settings_test.go"}, nil, "--data-dir"},
 		{"migrate: database url unparsable", []string{"migrate", "--database-url", "postgres://%zz"}, nil, "--database-url"},
 		{"migrate: pool size negative", []string{"migrate", "--db-max-conns=-1"}, nil, "--db-max-conns"},
+		{"migrate: pool size zero", []string{"migrate", "--db-max-conns", "0"}, nil, "--db-max-conns"},
+		{"produce: no count or duration", []string{"produce"}, nil, "--count or --duration"},
+		{"produce: broker without port", []string{"produce", "--count", "1", "--brokers", "nohost"}, nil, "--brokers"},
+		{"dlq: broker without port", []string{"dlq", "list", "--brokers", "nohost"}, nil, "--brokers"},
+		{"unknown command", []string{"runn"}, nil, "runn"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			args := withArgs(t, tt.env, tt.args...)
-			if len(tt.args) > 0 && tt.args[0] == "migrate" {
-				args = tt.args
+			if len(tt.args) > 0 && !strings.HasPrefix(tt.args[0], "-") {
+				args = tt.args // another command
 			}
 			code, _, stderr := runBinary(t, childEnv(tt.env...), 30*time.Second, args...)
-			if code == 0 {
-				t.Fatalf("notifyd %q exited 0, want non-zero\nstderr:\n%s", args, stderr)
+			if code != exitUsage {
+				t.Fatalf("notifyd %q exited %d, want %d (bad setting)\nstderr:\n%s", args, code, exitUsage, stderr)
 			}
 			if !strings.Contains(stderr, tt.want) {
 				t.Fatalf("stderr of notifyd %q does not name %s:\n%s", args, tt.want, stderr)
 			}
-			if strings.Contains(stderr, "connect to") {
-				t.Fatalf("notifyd %q got as far as connecting before failing:\n%s", args, stderr)
+			if strings.Contains(stderr, "connect to") || strings.Contains(stderr, "level=") {
+				t.Fatalf("notifyd %q got as far as starting before failing:\n%s", args, stderr)
 			}
 		})
+	}
+}
+
+// TestBadSettingsStartNothing gives the embedded broker's defaults and a
+// reachable database together with one bad setting found only by reading a
+// file or an address: nothing may start (no broker, no database, no log
+// line) before the command fails naming the flag.
+func TestBadSettingsStartNothing(t *testing.T) {
+	dir := t.TempDir()
+	garbage := dir + "/garbage.pem"
+	if err := os.WriteFile(garbage, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	db := pgtest.Schema(t)
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"metrics addr", []string{"--metrics-addr", "127.0.0.1:port"}, "--metrics-addr"},
+		{"garbage CA file", []string{"--brokers", "127.0.0.1:1", "--tls-ca-file", garbage}, "--tls-ca-file"},
+		{"garbage client certificate", []string{"--brokers", "127.0.0.1:1", "--tls-cert-file", garbage, "--tls-key-file", garbage}, "--tls-cert-file"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := append([]string{"run", "--database-url", db, "--data-dir", dir + "/data"}, tt.args...)
+			code, _, stderr := runBinary(t, childEnv(), 30*time.Second, args...)
+			if code != exitUsage {
+				t.Fatalf("exit code: got %d, want %d\n%s", code, exitUsage, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr does not name %s:\n%s", tt.want, stderr)
+			}
+			for _, started := range []string{"embedded broker started", "database ready", "level="} {
+				if strings.Contains(stderr, started) {
+					t.Fatalf("got as far as %q before failing:\n%s", started, stderr)
+				}
+			}
+			if _, err := os.Stat(dir + "/data"); err == nil {
+				t.Fatalf("the data dir was created before the settings were checked")
+			}
+		})
+	}
+}
+
+// TestExitCodeOfARuntimeFailure checks that a failure that good settings
+// meet at run time exits 1, not 2: the database is not there.
+func TestExitCodeOfARuntimeFailure(t *testing.T) {
+	code, _, stderr := runBinary(t, childEnv(), 30*time.Second, "migrate", "--database-url",
+		fmt.Sprintf("postgres://postgres@127.0.0.1:%d/x?connect_timeout=2", closedPort(t)))
+	if code != exitFailure {
+		t.Fatalf("exit code: got %d, want %d\n%s", code, exitFailure, stderr)
+	}
+	if !strings.Contains(stderr, "connect to") {
+		t.Fatalf("stderr does not say what failed:\n%s", stderr)
 	}
 }
 
@@ -237,7 +301,7 @@ func clearSettingsEnv(t *testing.T) {
 func parseCLI(t *testing.T, args ...string) (*cli, *kong.Context, error) {
 	t.Helper()
 	var c cli
-	k, err := kong.New(&c, kong.Name("notifyd"), kong.Exit(func(int) {}))
+	k, err := newParser(&c, kong.Exit(func(int) {}))
 	if err != nil {
 		t.Fatalf("kong: %v", err)
 	}
@@ -317,13 +381,9 @@ func TestSettingsPrecedence(t *testing.T) {
 	t.Run("env value is validated like the flag", func(t *testing.T) {
 		clearSettingsEnv(t)
 		t.Setenv("NOTIFYD_BATCH_SIZE", "-5")
-		c, _, err := parseCLI(t, "run")
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = c.Run.validate()
+		_, _, err := parseCLI(t, "run")
 		if err == nil || !strings.Contains(err.Error(), "--batch-size") {
-			t.Fatalf("validate: got %v, want an error naming --batch-size", err)
+			t.Fatalf("parse: got %v, want an error naming --batch-size", err)
 		}
 	})
 
@@ -437,7 +497,7 @@ func TestMigrateCommand(t *testing.T) {
 // the parser knows, including ones added later.
 func TestHelpOnEveryCommand(t *testing.T) {
 	var c cli
-	k, err := kong.New(&c, kong.Name("notifyd"))
+	k, err := newParser(&c)
 	if err != nil {
 		t.Fatal(err)
 	}

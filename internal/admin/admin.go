@@ -15,6 +15,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// DefaultAddr is the operator address of a notifyd that is given none.
+const DefaultAddr = "127.0.0.1:9464"
+
 // Server is the operator HTTP server.
 type Server struct {
 	srv *http.Server
@@ -26,7 +29,7 @@ type Server struct {
 func Listen(addr string, g prometheus.Gatherer, ready func(context.Context) error) (*Server, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics-addr %s: %w", addr, err)
+		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
@@ -60,6 +63,16 @@ func (s *Server) Serve() error {
 		return err
 	}
 	return nil
+}
+
+// Close stops the server and its listener at once; after Shutdown it does
+// nothing.
+func (s *Server) Close() error {
+	err := s.srv.Close()
+	if cerr := s.ln.Close(); err == nil && !errors.Is(cerr, net.ErrClosed) {
+		err = cerr
+	}
+	return err
 }
 
 // Shutdown stops the server, letting requests in flight finish.

@@ -14,9 +14,13 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
+// DefaultPort is where the embedded broker listens when Config.Port is 0;
+// the other commands' --brokers default points there.
+const DefaultPort = 9092
+
 // Config configures the embedded broker.
 type Config struct {
-	// Port to listen on, on 127.0.0.1; 0 means 9092.
+	// Port to listen on, on 127.0.0.1; 0 means DefaultPort.
 	Port int
 	// DataDir keeps the broker's logs and group state across restarts.
 	// Empty keeps everything in memory.
@@ -36,7 +40,7 @@ type Embedded struct {
 func Start(cfg Config) (*Embedded, error) {
 	port := cfg.Port
 	if port == 0 {
-		port = 9092
+		port = DefaultPort
 	}
 	parts := cfg.Partitions
 	if parts == 0 {

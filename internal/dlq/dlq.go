@@ -89,3 +89,6 @@ func (p *Publisher) Publish(ctx context.Context, recs ...*kgo.Record) error {
 	}
 	return nil
 }
+
+// DefaultTopic is the dead-letter topic of input when none is set.
+func DefaultTopic(input string) string { return input + ".dlq" }

@@ -477,10 +477,10 @@ func TestLimitsValidate(t *testing.T) {
 		lim  Limits
 		name string
 	}{
-		{Limits{MaxEventTypeBytes: -1}, "MaxEventTypeBytes"},
-		{Limits{MaxTitleChars: -1}, "MaxTitleChars"},
-		{Limits{MaxBodyChars: -1}, "MaxBodyChars"},
-		{Limits{MaxDataBytes: -1}, "MaxDataBytes"},
+		{Limits{MaxEventTypeBytes: -1}, "--max-event-type-bytes"},
+		{Limits{MaxTitleChars: -1}, "--max-title-chars"},
+		{Limits{MaxBodyChars: -1}, "--max-body-chars"},
+		{Limits{MaxDataBytes: -1}, "--max-data-bytes"},
 	} {
 		err := tt.lim.Validate()
 		if err == nil || !strings.Contains(err.Error(), tt.name) {
@@ -488,7 +488,7 @@ func TestLimitsValidate(t *testing.T) {
 		}
 	}
 	err := Limits{MaxEventTypeBytes: -1, MaxDataBytes: -2}.Validate()
-	if err == nil || !strings.Contains(err.Error(), "MaxEventTypeBytes") || !strings.Contains(err.Error(), "MaxDataBytes") {
+	if err == nil || !strings.Contains(err.Error(), "--max-event-type-bytes") || !strings.Contains(err.Error(), "--max-data-bytes") {
 		t.Errorf("two negative: got %v, want an error naming both", err)
 	}
 }

@@ -27,20 +27,20 @@ type Limits struct {
 	MaxDataBytes int
 }
 
-// Validate reports every negative field, by name. Decode itself uses the
+// Validate reports every negative field, naming it by its command-line flag. Decode itself uses the
 // default for any field that is not positive, so it never rejects a whole
 // topic because of a bad setting; call Validate at start-up instead.
 func (l Limits) Validate() error {
 	var errs []error
-	check := func(name string, v, def int) {
+	check := func(flag string, v int) {
 		if v < 0 {
-			errs = append(errs, fmt.Errorf("limit %s is %d: want 0 (the default, %d) or more", name, v, def))
+			errs = append(errs, fmt.Errorf("--%s: must be at least 1, got %d", flag, v))
 		}
 	}
-	check("MaxEventTypeBytes", l.MaxEventTypeBytes, DefaultMaxEventTypeBytes)
-	check("MaxTitleChars", l.MaxTitleChars, DefaultMaxTitleChars)
-	check("MaxBodyChars", l.MaxBodyChars, DefaultMaxBodyChars)
-	check("MaxDataBytes", l.MaxDataBytes, DefaultMaxDataBytes)
+	check("max-event-type-bytes", l.MaxEventTypeBytes)
+	check("max-title-chars", l.MaxTitleChars)
+	check("max-body-chars", l.MaxBodyChars)
+	check("max-data-bytes", l.MaxDataBytes)
 	return errors.Join(errs...)
 }
 

@@ -5,22 +5,38 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/notifyd/notifyd/internal/dlq"
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
-// Config configures a Pipeline. Zero fields mean the defaults.
+// Defaults of Config, one per field; the command line shows these same
+// values.
+const (
+	DefaultTopic            = "notifications"
+	DefaultGroup            = "notifyd"
+	DefaultBatchSize        = 100
+	DefaultFlushInterval    = 5 * time.Second
+	DefaultMaxBufferedRows  = 2_500
+	DefaultMaxBufferedBytes = 4 << 20
+	DefaultStartOffset      = "earliest"
+	DefaultWriteTimeout     = 5 * time.Second
+	DefaultShutdownTimeout  = 30 * time.Second
+)
+
+// Config configures a Pipeline. Zero fields mean the defaults. Validate
+// names each setting by its command-line flag.
 type Config struct {
-	Topic    string // input topic; "" means notifications
-	DLQTopic string // dead-letter topic; "" means Topic + ".dlq"
-	Group    string // consumer group; "" means notifyd
+	Topic    string // input topic; "" means DefaultTopic
+	DLQTopic string // dead-letter topic; "" means dlq.DefaultTopic(Topic)
+	Group    string // consumer group; "" means DefaultGroup
 
 	// BatchSize is the number of buffered messages that triggers a write;
-	// 0 means 100. While a write is running, ready batches coalesce into
+	// 0 means DefaultBatchSize. While a write is running, ready batches coalesce into
 	// the next, larger write, up to MaxBufferedRows.
 	BatchSize int
 	// FlushInterval is the longest a message waits for its batch to fill;
-	// 0 means 5 s. A batch is written sooner when the consumer has caught
+	// 0 means DefaultFlushInterval. A batch is written sooner when the consumer has caught
 	// up with every partition it holds: nothing more is coming to fill it.
 	FlushInterval time.Duration
 	// MaxBufferedRows and MaxBufferedBytes bound what is read but not yet
@@ -37,10 +53,11 @@ type Config struct {
 	StartOffset string
 
 	// WriteTimeout bounds one write attempt, so that a database that hangs
-	// without failing counts as a failure; 0 means 5 s.
+	// without failing counts as a failure; 0 means DefaultWriteTimeout.
 	WriteTimeout time.Duration
 
-	// ShutdownTimeout bounds the final write on shutdown; 0 means 30 s.
+	// ShutdownTimeout bounds the final write on shutdown; 0 means
+	// DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
 
 	// StatusInterval is how often a one-line status is logged at info
@@ -59,34 +76,34 @@ type Config struct {
 
 func (c Config) withDefaults() Config {
 	if c.Topic == "" {
-		c.Topic = "notifications"
+		c.Topic = DefaultTopic
 	}
 	if c.DLQTopic == "" {
-		c.DLQTopic = c.Topic + ".dlq"
+		c.DLQTopic = dlq.DefaultTopic(c.Topic)
 	}
 	if c.Group == "" {
-		c.Group = "notifyd"
+		c.Group = DefaultGroup
 	}
 	if c.BatchSize == 0 {
-		c.BatchSize = 100
+		c.BatchSize = DefaultBatchSize
 	}
 	if c.FlushInterval == 0 {
-		c.FlushInterval = 5 * time.Second
+		c.FlushInterval = DefaultFlushInterval
 	}
 	if c.MaxBufferedRows == 0 {
-		c.MaxBufferedRows = max(2_500, 2*c.BatchSize)
+		c.MaxBufferedRows = max(DefaultMaxBufferedRows, 2*c.BatchSize)
 	}
 	if c.MaxBufferedBytes == 0 {
-		c.MaxBufferedBytes = 4 << 20
+		c.MaxBufferedBytes = DefaultMaxBufferedBytes
 	}
 	if c.StartOffset == "" {
-		c.StartOffset = "earliest"
+		c.StartOffset = DefaultStartOffset
 	}
 	if c.ShutdownTimeout == 0 {
-		c.ShutdownTimeout = 30 * time.Second
+		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
 	if c.WriteTimeout == 0 {
-		c.WriteTimeout = defaultWriteTimeout
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	return c
 }
@@ -96,40 +113,43 @@ func (c Config) withDefaults() Config {
 func (c Config) Validate() error {
 	var errs []error
 	if c.BatchSize < 0 {
-		errs = append(errs, fmt.Errorf("batch-size: must be at least 1, got %d", c.BatchSize))
+		errs = append(errs, fmt.Errorf("--batch-size: must be at least 1, got %d", c.BatchSize))
 	}
 	if c.FlushInterval < 0 {
-		errs = append(errs, fmt.Errorf("flush-interval: must be positive, got %s", c.FlushInterval))
+		errs = append(errs, fmt.Errorf("--flush-interval: must be positive, got %s", c.FlushInterval))
 	}
 	if c.MaxBufferedRows < 0 {
-		errs = append(errs, fmt.Errorf("max-buffered-rows: must be at least 1, got %d", c.MaxBufferedRows))
+		errs = append(errs, fmt.Errorf("--max-buffered-rows: must be at least 1, got %d", c.MaxBufferedRows))
 	}
 	if c.MaxBufferedBytes < 0 {
-		errs = append(errs, fmt.Errorf("max-buffered-bytes: must be at least 1, got %d", c.MaxBufferedBytes))
+		errs = append(errs, fmt.Errorf("--max-buffered-bytes: must be at least 1, got %d", c.MaxBufferedBytes))
 	}
 	if d := c.withDefaults(); d.MaxBufferedRows < d.BatchSize {
-		errs = append(errs, fmt.Errorf("max-buffered-rows: %d is below batch-size %d", d.MaxBufferedRows, d.BatchSize))
+		errs = append(errs, fmt.Errorf("--max-buffered-rows: %d is below --batch-size %d", d.MaxBufferedRows, d.BatchSize))
 	}
 	if c.StartOffset != "" && c.StartOffset != "earliest" && c.StartOffset != "latest" {
-		errs = append(errs, fmt.Errorf("start-offset: must be earliest or latest, got %q", c.StartOffset))
+		errs = append(errs, fmt.Errorf("--start-offset: must be earliest or latest, got %q", c.StartOffset))
 	}
 	if c.WriteTimeout < 0 {
-		errs = append(errs, fmt.Errorf("write-timeout: must be positive, got %s", c.WriteTimeout))
+		errs = append(errs, fmt.Errorf("--write-timeout: must be positive, got %s", c.WriteTimeout))
+	}
+	if c.StatusInterval < 0 {
+		errs = append(errs, fmt.Errorf("--status-interval: must not be negative, got %s", c.StatusInterval))
 	}
 	if c.ShutdownTimeout < 0 {
-		errs = append(errs, fmt.Errorf("shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
+		errs = append(errs, fmt.Errorf("--shutdown-timeout: must be positive, got %s", c.ShutdownTimeout))
 	}
 	if d := c.withDefaults(); d.DLQTopic == d.Topic {
-		errs = append(errs, fmt.Errorf("dlq-topic: must differ from --topic %q", d.Topic))
+		errs = append(errs, fmt.Errorf("--dlq-topic: must differ from --topic %q", d.Topic))
 	}
 	if err := c.Limits.Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	if err := c.Retry.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("retry: %w", err))
+		errs = append(errs, err)
 	}
 	if err := c.Breaker.Validate(); err != nil {
-		errs = append(errs, fmt.Errorf("breaker: %w", err))
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -14,10 +14,6 @@ import (
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
-// WriteTimeout (default below) bounds one write attempt, so that a connection that hangs
-// without failing is given up and retried.
-const defaultWriteTimeout = 5 * time.Second
-
 // batch is what one write takes from the buffer.
 type batch struct {
 	trigger string

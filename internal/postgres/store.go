@@ -7,7 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -19,32 +21,36 @@ import (
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
+// DefaultMaxConns is the pool size when Config.MaxConns is 0.
+const DefaultMaxConns = 4
+
 // Config configures a Store. The zero value uses the local server as libpq
 // finds it, with user postgres when none is given.
 type Config struct {
 	// URL is a libpq connection string or URL. Empty means the PG*
 	// environment variables and libpq's defaults.
 	URL string
-	// MaxConns bounds the pool; 0 means 4.
+	// MaxConns bounds the pool; 0 means DefaultMaxConns.
 	MaxConns int32
 }
 
-// Validate reports a setting that cannot work.
+// Validate reports every setting that cannot work, naming it by its
+// command-line flag.
 func (c Config) Validate() error {
+	var errs []error
 	if c.MaxConns < 0 {
-		return fmt.Errorf("max conns must be at least 1, got %d", c.MaxConns)
+		errs = append(errs, fmt.Errorf("--db-max-conns: must be at least 1, got %d", c.MaxConns))
 	}
 	if _, err := c.poolConfig(); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (c Config) poolConfig() (*pgxpool.Config, error) {
 	pc, err := pgxpool.ParseConfig(c.URL)
 	if err != nil {
-		// pgx errors quote the connection string, which may hold a password.
-		return nil, errors.New("database url: cannot be parsed (expected postgres://user@host:port/db or key=value pairs)")
+		return nil, fmt.Errorf("--database-url: %s (want postgres://user@host:port/db or key=value pairs)", parseCause(err))
 	}
 	if c.URL == "" && os.Getenv("PGUSER") == "" {
 		pc.ConnConfig.User = "postgres"
@@ -54,10 +60,36 @@ func (c Config) poolConfig() (*pgxpool.Config, error) {
 	}
 	pc.MaxConns = c.MaxConns
 	if pc.MaxConns == 0 {
-		pc.MaxConns = 4
+		pc.MaxConns = DefaultMaxConns
 	}
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
 	return pc, nil
+}
+
+// parseCause is why pgx could not parse a connection string, without the
+// string itself: pgx's message quotes it with the password masked only on a
+// best-effort basis, and a URL error inside it quotes it unmasked.
+func parseCause(err error) string {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return "cannot be parsed"
+	}
+	// pgx writes "cannot parse `<masked string>`: <reason>[ (<cause>)]".
+	msg := pe.Error()
+	if i := strings.Index(msg, "`: "); i >= 0 {
+		msg = msg[i+len("`: "):]
+	} else {
+		return "cannot be parsed"
+	}
+	if inner := pe.Unwrap(); inner != nil {
+		cause := inner.Error()
+		var ue *url.Error
+		if errors.As(inner, &ue) {
+			cause = ue.Err.Error()
+		}
+		msg = strings.Replace(msg, "("+inner.Error()+")", "("+cause+")", 1)
+	}
+	return "cannot be parsed: " + msg
 }
 
 // Store writes notifications and consumer positions to PostgreSQL.

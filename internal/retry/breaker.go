@@ -14,19 +14,27 @@ import (
 // one cheap attempt, and a short timeout is what lets flow resume within a
 // second of the database's return.
 type BreakerConfig struct {
-	Threshold int           // consecutive failures that open the breaker; 0 means 5
-	Timeout   time.Duration // how long it stays open before a probe; 0 means 1 s
+	Threshold int           // consecutive failures that open the breaker; 0 means DefaultBreakerThreshold
+	Timeout   time.Duration // how long it stays open before a probe; 0 means DefaultBreakerTimeout
 }
 
-// Validate reports a setting that cannot work.
+// Defaults of BreakerConfig.
+const (
+	DefaultBreakerThreshold = 5
+	DefaultBreakerTimeout   = time.Second
+)
+
+// Validate reports a setting that cannot work, naming it by its
+// command-line flag.
 func (c BreakerConfig) Validate() error {
+	var errs []error
 	if c.Threshold < 0 {
-		return fmt.Errorf("breaker threshold must be at least 1, got %d", c.Threshold)
+		errs = append(errs, fmt.Errorf("--breaker-threshold: must be at least 1, got %d", c.Threshold))
 	}
 	if c.Timeout < 0 {
-		return fmt.Errorf("breaker timeout must not be negative, got %s", c.Timeout)
+		errs = append(errs, fmt.Errorf("--breaker-timeout: must be positive, got %s", c.Timeout))
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // State is a breaker's state.
@@ -57,10 +65,10 @@ type Breaker struct {
 // every change of state.
 func NewBreaker(cfg BreakerConfig, onChange func(from, to State)) *Breaker {
 	if cfg.Threshold == 0 {
-		cfg.Threshold = 5
+		cfg.Threshold = DefaultBreakerThreshold
 	}
 	if cfg.Timeout == 0 {
-		cfg.Timeout = time.Second
+		cfg.Timeout = DefaultBreakerTimeout
 	}
 	st := gobreaker.Settings{
 		Name:        "database",

@@ -13,49 +13,57 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
+// Defaults of Policy.
+const (
+	DefaultRetries = 3
+	DefaultInitial = 100 * time.Millisecond
+	DefaultMax     = 5 * time.Second
+)
+
 // Policy is a retry policy. The zero value is the default: 3 retries after
 // the first attempt, waiting 100 ms, 200 ms, 400 ms (doubling, capped at
 // 5 s), each wait varied by ±20 % so that instances do not retry in step.
 type Policy struct {
-	Retries    int           // retries after the first attempt; 0 means 3, -1 none
-	Initial    time.Duration // first wait; 0 means 100 ms
-	Max        time.Duration // cap on one wait; 0 means 5 s
+	Retries    int           // retries after the first attempt; 0 means DefaultRetries, -1 none
+	Initial    time.Duration // first wait; 0 means DefaultInitial
+	Max        time.Duration // cap on one wait; 0 means DefaultMax
 	Multiplier float64       // growth per retry; 0 means 2
 	Jitter     float64       // relative spread of each wait, 0..1; 0 means 0.2, -1 none
 }
 
-// Validate reports a setting that cannot work.
+// Validate reports a setting that cannot work, naming it by its
+// command-line flag.
 func (p Policy) Validate() error {
 	switch {
 	case p.Retries < -1:
-		return fmt.Errorf("retries must be -1 (none) or more, got %d", p.Retries)
+		return fmt.Errorf("--retry-max-retries: must be 0 (none) or more, got %d", p.Retries)
 	case p.Initial < 0:
-		return fmt.Errorf("initial backoff must not be negative, got %s", p.Initial)
+		return fmt.Errorf("--retry-initial-backoff: must be positive, got %s", p.Initial)
 	case p.Max < 0:
-		return fmt.Errorf("max backoff must not be negative, got %s", p.Max)
+		return fmt.Errorf("--retry-max-backoff: must be positive, got %s", p.Max)
 	case p.Multiplier != 0 && p.Multiplier < 1:
 		return fmt.Errorf("backoff multiplier must be at least 1, got %g", p.Multiplier)
 	case p.Jitter != -1 && (p.Jitter < 0 || p.Jitter >= 1):
 		return fmt.Errorf("backoff jitter must be in [0, 1) or -1, got %g", p.Jitter)
 	}
 	if p.withDefaults().Initial > p.withDefaults().Max {
-		return fmt.Errorf("initial backoff %s is above the max %s", p.withDefaults().Initial, p.withDefaults().Max)
+		return fmt.Errorf("--retry-initial-backoff: %s is above --retry-max-backoff %s", p.withDefaults().Initial, p.withDefaults().Max)
 	}
 	return nil
 }
 
 func (p Policy) withDefaults() Policy {
 	if p.Retries == 0 {
-		p.Retries = 3
+		p.Retries = DefaultRetries
 	}
 	if p.Retries < 0 {
 		p.Retries = 0
 	}
 	if p.Initial == 0 {
-		p.Initial = 100 * time.Millisecond
+		p.Initial = DefaultInitial
 	}
 	if p.Max == 0 {
-		p.Max = 5 * time.Second
+		p.Max = DefaultMax
 	}
 	if p.Multiplier == 0 {
 		p.Multiplier = 2

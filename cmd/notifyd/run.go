@@ -58,6 +58,7 @@ type runCmd struct {
 	BatchSize     int           `name:"batch-size" env:"NOTIFYD_BATCH_SIZE" default:"${batch_size}" nonzero:"true" help:"Buffered messages that trigger a write; ready batches coalesce while a write runs."`
 	FlushInterval time.Duration `name:"flush-interval" env:"NOTIFYD_FLUSH_INTERVAL" default:"${flush_interval}" nonzero:"true" help:"Longest a message waits for its batch to fill; a batch is written sooner once the consumer has caught up."`
 	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
+	Pprof         bool          `name:"pprof" env:"NOTIFYD_PPROF" help:"Also serve /debug/pprof on --metrics-addr (profiles show internals and cost CPU while taken)."`
 	DataDir       string        `name:"data-dir" env:"NOTIFYD_DATA_DIR" default:"./notifyd-data" help:"Where the embedded broker keeps its data."`
 
 	InstanceID       string        `name:"instance-id" env:"NOTIFYD_INSTANCE_ID" help:"Static group membership id (stable per instance, e.g. the pod name): a restarted instance takes its partitions back without a rebalance."`
@@ -150,6 +151,8 @@ func (c *runCmd) validate() error {
 		if err := checkListenAddr(c.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("--metrics-addr: %w", err))
 		}
+	} else if c.Pprof {
+		errs = append(errs, errors.New("--pprof: needs --metrics-addr, where it is served"))
 	}
 	if len(c.Brokers) == 0 {
 		if fi, err := os.Stat(c.DataDir); err == nil && !fi.IsDir() {
@@ -190,7 +193,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	var p *pipeline.Pipeline
 	var srv *admin.Server
 	if c.MetricsAddr != "" {
-		srv, err = admin.Listen(c.MetricsAddr, reg, func(ctx context.Context) error { return p.Ready(ctx) })
+		srv, err = admin.Listen(admin.Config{Addr: c.MetricsAddr, Pprof: c.Pprof}, reg, func(ctx context.Context) error { return p.Ready(ctx) })
 		if err != nil {
 			return err
 		}
@@ -266,7 +269,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(ctx)
 	if srv != nil {
-		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
+		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
 	}
 	g.Go(func() error {

@@ -109,6 +109,7 @@ func TestBadSettingsFailAtStart(t *testing.T) {
 		{"unknown flag", []string{"--batchsize", "5"}, nil, "--batchsize"},
 		{"metrics addr without port", []string{"--metrics-addr", "localhost"}, nil, "--metrics-addr"},
 		{"metrics addr port out of range", []string{"--metrics-addr", "127.0.0.1:99999"}, nil, "--metrics-addr"},
+		{"pprof without metrics addr", []string{"--pprof"}, nil, "--pprof"},
 		{"broker port out of range", []string{"--brokers", "127.0.0.1:0"}, nil, "--brokers"},
 		{"data dir is a file", []string{"--brokers=", "--data-dir", "settings_test.go"}, nil, "--data-dir"},
 		{"migrate: database url unparsable", []string{"migrate", "--database-url", "postgres://%zz"}, nil, "--database-url"},

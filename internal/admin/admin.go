@@ -1,5 +1,5 @@
 // Package admin serves notifyd's operator endpoints: /metrics, /healthz,
-// /readyz and /debug/pprof.
+// /readyz and, when enabled, /debug/pprof.
 package admin
 
 import (
@@ -24,21 +24,35 @@ type Server struct {
 	ln  net.Listener
 }
 
-// Listen binds addr and prepares the handlers. ready reports readiness:
-// nil when ready, or why not.
-func Listen(addr string, g prometheus.Gatherer, ready func(context.Context) error) (*Server, error) {
+// Config configures the operator server.
+type Config struct {
+	// Addr is the address to listen on; "" means DefaultAddr.
+	Addr string
+	// Pprof serves /debug/pprof: profiles show the program's internals
+	// and a CPU profile or trace costs while it runs, so it is off unless
+	// asked for.
+	Pprof bool
+}
+
+// Listen binds the address and prepares the handlers. ready reports
+// readiness: nil when ready, or why not.
+func Listen(cfg Config, g prometheus.Gatherer, ready func(context.Context) error) (*Server, error) {
+	addr := cfg.Addr
+	if addr == "" {
+		addr = DefaultAddr
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	// Profiles for finding where time and memory go, on the same
-	// operator-only address.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if cfg.Pprof {
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -48,7 +48,10 @@ func (r *running) waitMetric(t testing.TB, d time.Duration, want float64, name s
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		got := r.metric(name, labels...)
+		got, ok := r.lookup(name, labels...)
+		if !ok {
+			t.Fatalf("metric %s%v: no such series", name, labels)
+		}
 		if got == want {
 			return
 		}

@@ -35,11 +35,15 @@ $(BIN)/staticcheck:
 $(BIN)/benchstat:
 	GOBIN=$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
 
+# Go vet, staticcheck and gofmt; then the alert rules (promtool test rules),
+# the dashboard's queries, and the compose file where docker compose exists.
 lint: $(BIN)/staticcheck
 	$(GO) vet ./...
 	GOEXPERIMENT=jsonv2 $(GO) vet $(FUZZPKG)
 	$(BIN)/staticcheck ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	scripts/check-monitoring
+	scripts/check-compose
 
 # Go benchmarks of decode, batching and the write path, 5 runs each, for
 # benchstat (compare two runs: benchstat old.txt bench.txt); then the

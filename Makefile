@@ -6,7 +6,7 @@ BENCHSTAT_VERSION   := v0.0.0-20260908200009-22c9c6c9d4da
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: build run test test-short lint bench bench-writepath fuzz clean postgres
+.PHONY: build run test test-short lint bench bench-writepath fuzz clean postgres image
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
@@ -70,6 +70,10 @@ fuzz:
 	for f in $$v2; do case " $$plain " in *" $$f "*) continue;; esac; \
 	  echo "fuzzing $$f for $(FUZZTIME) (GOEXPERIMENT=jsonv2)"; \
 	  GOEXPERIMENT=jsonv2 $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $(FUZZPKG); done
+
+# The container image, with the version stamped in (needs a Docker engine).
+image:
+	docker build --build-arg VERSION=$(VERSION) -t notifyd:$(VERSION) .
 
 clean:
 	rm -rf $(BIN) notifyd-data bench.txt

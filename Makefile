@@ -6,7 +6,7 @@ BENCHSTAT_VERSION   := v0.0.0-20260908200009-22c9c6c9d4da
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -X main.version=$(VERSION)
 
-.PHONY: build run test test-short lint bench bench-writepath fuzz clean postgres
+.PHONY: build run test test-short lint bench bench-writepath fuzz clean postgres image
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
@@ -16,9 +16,12 @@ build:
 run: postgres
 	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/notifyd run
 
-# The whole suite, against the real local PostgreSQL, with the race detector.
+# The whole suite, against the real local PostgreSQL, with the race
+# detector; then the decoder's reference check against JSON v2, which needs
+# GOEXPERIMENT=jsonv2.
 test: postgres
 	$(GO) test -race -count=1 -timeout 15m ./...
+	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -run 'Reference|JSONText' $(FUZZPKG)
 
 test-short: postgres
 	$(GO) test -short -count=1 ./...
@@ -32,10 +35,15 @@ $(BIN)/staticcheck:
 $(BIN)/benchstat:
 	GOBIN=$(BIN) $(GO) install golang.org/x/perf/cmd/benchstat@$(BENCHSTAT_VERSION)
 
+# Go vet, staticcheck and gofmt; then the alert rules (promtool test rules),
+# the dashboard's queries, and the compose file where docker compose exists.
 lint: $(BIN)/staticcheck
 	$(GO) vet ./...
+	GOEXPERIMENT=jsonv2 $(GO) vet $(FUZZPKG)
 	$(BIN)/staticcheck ./...
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	scripts/check-monitoring
+	scripts/check-compose
 
 # Go benchmarks of decode, batching and the write path, 5 runs each, for
 # benchstat (compare two runs: benchstat old.txt bench.txt); then the
@@ -49,8 +57,23 @@ bench: postgres build $(BIN)/benchstat
 bench-writepath: postgres
 	$(GO) test -run '^$$' -bench 'WritePathInterleaved' -benchtime 20s ./internal/postgres
 
+# Each fuzz target of the decoder for FUZZTIME (go test fuzzes one target
+# at a time). The targets of the JSON v2 reference check are built with
+# GOEXPERIMENT=jsonv2; the others without it.
+FUZZTIME ?= 60s
+FUZZPKG  := ./internal/notification
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzDecode -fuzztime 60s ./internal/notification
+	@set -e; plain=$$($(GO) test -list '^Fuzz' $(FUZZPKG) | grep '^Fuzz' | tr '\n' ' '); \
+	v2=$$(GOEXPERIMENT=jsonv2 $(GO) test -list '^Fuzz' $(FUZZPKG) | grep '^Fuzz'); \
+	for f in $$plain; do echo "fuzzing $$f for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $(FUZZPKG); done; \
+	for f in $$v2; do case " $$plain " in *" $$f "*) continue;; esac; \
+	  echo "fuzzing $$f for $(FUZZTIME) (GOEXPERIMENT=jsonv2)"; \
+	  GOEXPERIMENT=jsonv2 $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $(FUZZPKG); done
+
+# The container image, with the version stamped in (needs a Docker engine).
+image:
+	docker build --build-arg VERSION=$(VERSION) -t notifyd:$(VERSION) .
 
 clean:
 	rm -rf $(BIN) notifyd-data bench.txt

@@ -20,7 +20,7 @@ func TestBenchPrintsTheSpecObject(t *testing.T) {
 	t.Parallel()
 	code, stdout, stderr := runBinary(t, childEnv(), 3*time.Minute,
 		"bench", "--json", "--messages", "3000", "--rate", "500", "--duration", "2s",
-		"--database-url", pgtest.URL(), "--log-level", "warn")
+		"--database-url", pgtest.URL(t), "--log-level", "warn")
 	if code != 0 {
 		t.Fatalf("notifyd bench: exit %d\nstderr:\n%s", code, stderr)
 	}

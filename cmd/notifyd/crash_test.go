@@ -946,7 +946,9 @@ func (w *world) waitLockWaiter(d time.Duration) {
 	}
 }
 
-// metric reads an unlabelled counter or gauge from a /metrics endpoint.
+// metric reads an unlabelled counter or gauge from a /metrics endpoint. A
+// series that is not there fails the test, so that an assertion cannot pass
+// on a renamed metric.
 func metric(t testing.TB, addr, name string) float64 {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
@@ -967,6 +969,7 @@ func metric(t testing.TB, addr, name string) float64 {
 			return f
 		}
 	}
+	t.Fatalf("metric %s: no such series at %s/metrics", name, addr)
 	return 0
 }
 

@@ -22,6 +22,7 @@ type cli struct {
 	Bench   benchCmd   `cmd:"" help:"Measure throughput against the COPY limit, latency and memory, end to end."`
 	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, inspect and replay dead letters."`
 	Migrate migrateCmd `cmd:"" help:"Apply the database schema and report its version."`
+	Health  healthCmd  `cmd:"" help:"Exit 0 when a running notifyd answers ready on /readyz (for health checks)."`
 	Version versionCmd `cmd:"" help:"Print the version and build information."`
 }
 

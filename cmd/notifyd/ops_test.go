@@ -31,6 +31,7 @@ import (
 func runCommand(ctx context.Context, out io.Writer, args ...string) error {
 	var c cli
 	c.DLQ.List.out, c.DLQ.Show.out, c.DLQ.Replay.out = out, out, out
+	c.Health.out = out
 	k, err := newParser(&c,
 		kong.BindTo(ctx, (*context.Context)(nil)),
 		kong.Exit(func(int) {}),
@@ -294,6 +295,9 @@ func TestRunServesMetricsHealthAndReadiness(t *testing.T) {
 	if code, body, err := get(addr, "/healthz"); code != http.StatusOK {
 		t.Errorf("GET /healthz: got %d %q, %v, want 200", code, body, err)
 	}
+	if err := runCommand(context.Background(), io.Discard, "health", "--metrics-addr", addr); err != nil {
+		t.Errorf("notifyd health of a ready notifyd: %v", err)
+	}
 
 	// Three valid messages (one without id), one of each invalid class, one
 	// to each partition; then a producer's retry of the first.
@@ -341,6 +345,7 @@ func TestRunServesMetricsHealthAndReadiness(t *testing.T) {
 		{"notifyd_dead_letters_total", []string{`class="store"`}, 0},
 		{"notifyd_batch_size_sum", nil, 6}, // every message in exactly one committed write
 		{"notifyd_assigned_partitions", nil, 3},
+		{"notifyd_ready", nil, 1},
 		{"notifyd_breaker_state", nil, 0},
 		{"notifyd_buffered_messages", nil, 0},
 		{"notifyd_fenced_partitions_total", nil, 0},

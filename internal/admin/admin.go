@@ -46,7 +46,7 @@ func Listen(cfg Config, g prometheus.Gatherer, ready func(context.Context) error
 		return nil, fmt.Errorf("--metrics-addr: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{g, readiness(ready)}, promhttp.HandlerOpts{}))
 	if cfg.Pprof {
 		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -66,6 +66,25 @@ func Listen(cfg Config, g prometheus.Gatherer, ready func(context.Context) error
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	return &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}, nil
+}
+
+// readiness exports the answer /readyz would give as notifyd_ready, so
+// that an alert can tell a stopped database (0) and a vanished process (no
+// series) from a working one (1).
+func readiness(ready func(context.Context) error) prometheus.Gatherer {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "notifyd_ready",
+		Help: "1 when /readyz answers ready (partitions held, breaker closed, database answering), else 0.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if ready(ctx) != nil {
+			return 0
+		}
+		return 1
+	}))
+	return reg
 }
 
 // Addr is the address the server listens on.

@@ -299,11 +299,18 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 	if err := cmd.Start(); err != nil {
 		return err
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	// One goroutine waits for the child; everyone else learns that it
+	// exited from exited being closed, and reads waitErr only after that.
+	// (cmd.ProcessState is written by Wait and must not be read meanwhile.)
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	defer func() {
-		if cmd.ProcessState == nil {
+		select {
+		case <-exited:
+		default:
 			_ = cmd.Process.Kill()
+			<-exited
 		}
 	}()
 
@@ -319,8 +326,8 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 			break
 		}
 		select {
-		case err := <-exited:
-			return fmt.Errorf("notifyd run exited early: %v", err)
+		case <-exited:
+			return fmt.Errorf("notifyd run exited early: %v", waitErr)
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
@@ -336,9 +343,9 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case err := <-exited:
-		if err != nil {
-			return fmt.Errorf("notifyd run did not stop cleanly: %w", err)
+	case <-exited:
+		if waitErr != nil {
+			return fmt.Errorf("notifyd run did not stop cleanly: %w", waitErr)
 		}
 	case <-time.After(60 * time.Second):
 		return errors.New("notifyd run did not stop within 60s of SIGTERM")

@@ -36,7 +36,7 @@ func (e *env) startWith(cfg Config, st *postgres.Store, opts ...kgo.Opt) *runnin
 		e.t.Fatalf("new pipeline: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: e.t, p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- p.Run(ctx) }()
 	e.t.Cleanup(func() { r.stop(e.t) })
 	return r
@@ -48,7 +48,10 @@ func (r *running) waitMetric(t testing.TB, d time.Duration, want float64, name s
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
-		got := r.metric(name, labels...)
+		got, ok := r.lookup(name, labels...)
+		if !ok {
+			t.Fatalf("metric %s%v: no such series", name, labels)
+		}
 		if got == want {
 			return
 		}

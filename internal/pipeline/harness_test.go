@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"testing"
 	"time"
@@ -70,6 +71,7 @@ func (e *env) openStore() *postgres.Store {
 
 // running is a pipeline running in the background.
 type running struct {
+	t      testing.TB
 	p      *Pipeline
 	reg    *prometheus.Registry
 	cancel context.CancelFunc
@@ -87,7 +89,7 @@ func (e *env) start(opts ...kgo.Opt) *running {
 		e.t.Fatalf("new pipeline: %v", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
+	r := &running{t: e.t, p: p, reg: reg, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- p.Run(ctx) }()
 	e.t.Cleanup(func() { r.stop(e.t) })
 	return r
@@ -283,8 +285,22 @@ func (e *env) storedOffsets() map[int32]int64 {
 	return out
 }
 
-// metric reads one counter or gauge value from the registry.
+// metric reads one counter or gauge value (a histogram's count) from the
+// registry. A series that is not there fails the test, so that an
+// assertion of 0 cannot pass on a renamed metric or label. It uses Errorf,
+// not Fatal, because samplers call it from goroutines of their own.
 func (r *running) metric(name string, labels ...string) float64 {
+	r.t.Helper()
+	v, ok := r.lookup(name, labels...)
+	if !ok {
+		r.t.Errorf("metric %s%v: no such series", name, labels)
+		return math.NaN()
+	}
+	return v
+}
+
+// lookup reads one series from the registry, and whether it is there.
+func (r *running) lookup(name string, labels ...string) (float64, bool) {
 	mfs, err := r.reg.Gather()
 	if err != nil {
 		panic(err)
@@ -308,13 +324,51 @@ func (r *running) metric(name string, labels ...string) float64 {
 			}
 			switch {
 			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
+				return m.GetCounter().GetValue(), true
 			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
+				return m.GetGauge().GetValue(), true
 			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
+				return float64(m.GetHistogram().GetSampleCount()), true
 			}
 		}
 	}
-	return 0
+	return 0, false
+}
+
+// recordingTB records what a helper reports, in place of failing the test.
+type recordingTB struct {
+	testing.TB
+	errors []string
+}
+
+func (r *recordingTB) Helper() {}
+func (r *recordingTB) Errorf(format string, args ...any) {
+	r.errors = append(r.errors, fmt.Sprintf(format, args...))
+}
+
+// TestMetricFailsOnAMissingSeries checks that the helper reports a series
+// that is not there instead of reading it as 0.
+func TestMetricFailsOnAMissingSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	newMetrics(reg)
+	rec := &recordingTB{TB: t}
+	r := &running{t: rec, reg: reg}
+	if got := r.metric("notifyd_rows_stored_total"); got != 0 || len(rec.errors) != 0 {
+		t.Fatalf("existing series: got %v and errors %q, want 0 and none", got, rec.errors)
+	}
+	if got := r.metric("notifyd_batch_writes_total", "trigger", "age"); got != 0 || len(rec.errors) != 0 {
+		t.Fatalf("pre-created label: got %v and errors %q, want 0 and none", got, rec.errors)
+	}
+	for _, c := range []struct {
+		name   string
+		labels []string
+	}{
+		{"notifyd_rows_written_total", nil},
+		{"notifyd_dead_letters_total", []string{"class", "decoding"}},
+	} {
+		rec.errors = nil
+		if got := r.metric(c.name, c.labels...); !math.IsNaN(got) || len(rec.errors) != 1 {
+			t.Errorf("%s%v: got %v and errors %q, want NaN and one error", c.name, c.labels, got, rec.errors)
+		}
+	}
 }

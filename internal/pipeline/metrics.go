@@ -94,5 +94,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, t := range []string{"database", "dlq"} {
 		m.retries.WithLabelValues(t)
 	}
+	// Every trigger's series exists from the start, so that a trigger that
+	// never fired reads 0 rather than missing.
+	for _, t := range []string{"size", "age", "idle", "shutdown"} {
+		m.writes.WithLabelValues(t)
+	}
 	return m
 }

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+func TestHealthAsksReadyz(t *testing.T) {
+	var ready atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		if !ready.Load() {
+			http.Error(w, "not ready: database: connection refused", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	}))
+	defer srv.Close()
+	addr := srv.Listener.Addr().String()
+	_, port, _ := net.SplitHostPort(addr)
+
+	for _, c := range []struct {
+		name    string
+		ready   bool
+		addr    string
+		wantErr string // "" for success
+	}{
+		{"ready", true, addr, ""},
+		{"ready, asked on the wildcard address", true, "0.0.0.0:" + port, ""},
+		{"not ready", false, addr, "503 Service Unavailable: not ready: database: connection refused"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ready.Store(c.ready)
+			var out bytes.Buffer
+			err := runCommand(context.Background(), &out, "health", "--metrics-addr", c.addr)
+			switch {
+			case c.wantErr == "" && err != nil:
+				t.Fatalf("got %v, want ready", err)
+			case c.wantErr == "" && strings.TrimSpace(out.String()) != "ready":
+				t.Errorf("output: got %q, want %q", out.String(), "ready")
+			case c.wantErr != "" && (err == nil || !strings.Contains(err.Error(), c.wantErr)):
+				t.Errorf("got %v, want an error containing %q", err, c.wantErr)
+			}
+		})
+	}
+
+	t.Run("nothing listening", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		free := ln.Addr().String()
+		ln.Close()
+		err = runCommand(context.Background(), nil, "health", "--metrics-addr", free)
+		if err == nil || !strings.Contains(err.Error(), "not ready") {
+			t.Errorf("got %v, want not ready: connection refused", err)
+		}
+	})
+	t.Run("bad address", func(t *testing.T) {
+		err := runCommand(context.Background(), nil, "health", "--metrics-addr", "localhost")
+		if err == nil || !strings.Contains(err.Error(), "--metrics-addr") {
+			t.Errorf("got %v, want an error naming --metrics-addr", err)
+		}
+	})
+}

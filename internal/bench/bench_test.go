@@ -1,0 +1,139 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/notifyd/notifyd/internal/pgtest"
+	"github.com/notifyd/notifyd/internal/postgres"
+)
+
+// These tests run the benchmark's own code in the test process, so that
+// the race detector of `go test -race` watches it (the drain's child
+// process handling in particular), with a real `notifyd run` as the child.
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "notifyd-bench-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+var buildOnce = sync.OnceValues(func() (string, error) {
+	bin := filepath.Join(binDir, "notifyd")
+	args := []string{"build", "-o", bin}
+	if raceEnabled() {
+		args = append(args, "-race")
+	}
+	out, err := exec.Command("go", append(args, "github.com/notifyd/notifyd/cmd/notifyd")...).CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+func notifydBin(t *testing.T) string {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
+}
+
+func raceEnabled() bool {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return false
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "-race" && s.Value == "true" {
+			return true
+		}
+	}
+	return false
+}
+
+// TestRunSmall runs the whole benchmark, small, and checks that every
+// measure was taken (not how fast it was: timing goals are benchmarks).
+func TestRunSmall(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole benchmark")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{Messages: 2000, Rate: 500, Duration: time.Second,
+		DatabaseURL: pgtest.URL(t), Executable: notifydBin(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Messages != 2000 || res.LatencyMessages != 500 {
+		t.Errorf("messages: got %d drained and %d for latency, want 2000 and 500", res.Messages, res.LatencyMessages)
+	}
+	if res.Seconds <= 0 || res.MsgsPerSec <= 0 || res.CopyLimitRowsPerSec <= 0 || res.PeakRSSMB <= 0 || res.DrainBatches < 1 {
+		t.Errorf("a measure is missing: %+v", res)
+	}
+}
+
+// TestDrainStopsTheChild ends a drain that cannot finish (it waits for
+// more messages than the topic holds) by its context, and one whose child
+// exits at once, and checks that each reports why it stopped.
+func TestDrainStopsTheChild(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts notifyd run")
+	}
+	t.Parallel()
+	bin := notifydBin(t)
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.DefaultNumPartitions(1), kfake.AllowAutoTopicCreation())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	url := pgtest.Schema(t)
+	store, err := postgres.Open(ctx, postgres.Config{URL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("gives up", func(t *testing.T) {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		err := drain(dctx, Config{Messages: 10, Executable: bin}, &Result{}, c.ListenAddrs(), url, "bench-never-filled", store)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v, want the context's deadline", err)
+		}
+	})
+	t.Run("child exits", func(t *testing.T) {
+		dctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		err := drain(dctx, Config{Messages: 10, Executable: bin, ChildArgs: []string{"--no-such-flag"}},
+			&Result{}, c.ListenAddrs(), url, "bench-never-filled", store)
+		if err == nil || !strings.Contains(err.Error(), "exited early: exit status") {
+			t.Fatalf("got %v, want notifyd run exited early with its exit status", err)
+		}
+	})
+}

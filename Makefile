@@ -12,9 +12,14 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
 
 # Runs notifyd on its embedded defaults: the embedded broker on
-# 127.0.0.1:9092 and the local PostgreSQL.
+# 127.0.0.1:9092 and the local PostgreSQL; more flags in RUN_ARGS. It runs
+# the built binary itself (exec, not go run), so that Ctrl-C reaches only
+# notifyd's clean shutdown and make has no error to report.
+RUN_ARGS ?=
 run: postgres
-	$(GO) run -ldflags "$(LDFLAGS)" ./cmd/notifyd run
+	@echo "compiling notifyd into bin/ (the first build compiles every dependency: a minute or two)" >&2
+	@$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
+	@exec $(BIN)/notifyd run $(RUN_ARGS)
 
 # The whole suite, against the real local PostgreSQL, with the race
 # detector; then the decoder's reference check against JSON v2, which needs

@@ -1,10 +1,12 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -135,4 +137,42 @@ func (f *kafkaAuthFlags) childArgs() (args, env []string) {
 		env = append(env, "NOTIFYD_SASL_PASSWORD="+f.SASLPassword)
 	}
 	return args, env
+}
+
+// kafkaLogger passes the Kafka client's log to slog with its info one
+// level down, at debug: it is connection and group chatter, most of a
+// start-up's lines otherwise. Its warnings and errors keep their level, and
+// its own debug goes below slog's debug.
+type kafkaLogger struct{ l *slog.Logger }
+
+func newKafkaLogger(l *slog.Logger) kgo.Logger { return kafkaLogger{l.With("component", "kafka")} }
+
+// kafkaLevels maps the client's levels to slog's, most verbose last.
+var kafkaLevels = []struct {
+	kgo  kgo.LogLevel
+	slog slog.Level
+}{
+	{kgo.LogLevelError, slog.LevelError},
+	{kgo.LogLevelWarn, slog.LevelWarn},
+	{kgo.LogLevelInfo, slog.LevelDebug},
+	{kgo.LogLevelDebug, slog.LevelDebug - 4},
+}
+
+func (k kafkaLogger) Level() kgo.LogLevel {
+	lv := kgo.LogLevelNone
+	for _, m := range kafkaLevels {
+		if k.l.Enabled(context.Background(), m.slog) {
+			lv = m.kgo
+		}
+	}
+	return lv
+}
+
+func (k kafkaLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	for _, m := range kafkaLevels {
+		if m.kgo == level {
+			k.l.Log(context.Background(), m.slog, msg, keyvals...)
+			return
+		}
+	}
 }

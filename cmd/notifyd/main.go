@@ -41,32 +41,56 @@ func run(args []string) int {
 	}
 	kctx, err := k.Parse(args)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "notifyd:", err)
 		var se *settingsError
-		if !errors.As(err, &se) {
+		var pe *kong.ParseError
+		if errors.As(err, &se) && errors.As(err, &pe) {
+			// The log settings themselves were good: a service that logs
+			// JSON says this in JSON too.
+			if log, ok := commandLogger(pe.Context); ok && jsonLogs(pe.Context) {
+				log.Error("bad settings; nothing was started", "errors", strings.Split(se.err.Error(), "\n"))
+				return exitUsage
+			}
+		}
+		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		if se == nil {
 			fmt.Fprintln(os.Stderr, "(see notifyd --help)")
 		}
 		return exitUsage
 	}
-	ctx, stop := signalContext(c.logger(kctx))
+	log, logs := commandLogger(kctx)
+	ctx, stop := signalContext(log)
 	defer stop()
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	if err := kctx.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "notifyd:", err)
+		if logs {
+			log.Error("stopped", "err", err)
+		} else {
+			fmt.Fprintln(os.Stderr, "notifyd:", err)
+		}
 		return exitFailure
 	}
 	return 0
 }
 
-// logger is the selected command's logger, or a default one for commands
-// without log settings.
-func (c *cli) logger(kctx *kong.Context) *slog.Logger {
+// jsonLogs says whether the selected command logs JSON.
+func jsonLogs(kctx *kong.Context) bool {
 	if sel := kctx.Selected(); sel != nil && sel.Target.CanAddr() {
-		if l, ok := sel.Target.Addr().Interface().(interface{ logger() *slog.Logger }); ok {
-			return l.logger()
+		if l, ok := sel.Target.Addr().Interface().(interface{ logFormat() string }); ok {
+			return l.logFormat() == "json"
 		}
 	}
-	return logFlags{LogLevel: "info", LogFormat: "text"}.logger()
+	return false
+}
+
+// commandLogger is the selected command's logger and true, or a text
+// logger and false for a command without log settings.
+func commandLogger(kctx *kong.Context) (*slog.Logger, bool) {
+	if sel := kctx.Selected(); sel != nil && sel.Target.CanAddr() {
+		if l, ok := sel.Target.Addr().Interface().(interface{ logger() *slog.Logger }); ok {
+			return l.logger(), true
+		}
+	}
+	return logFlags{LogLevel: "info", LogFormat: "text"}.logger(), false
 }
 
 // signalContext ends the context on the first SIGINT or SIGTERM, for a

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -74,11 +75,24 @@ func (c *produceCmd) Run(ctx context.Context) error {
 		return err
 	}
 	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.Brokers...), kgo.DefaultProduceTopic(c.Topic),
-		kgo.ProducerLinger(5 * time.Millisecond), kgo.MaxBufferedRecords(50_000)}, auth...)...)
+		kgo.ProducerLinger(5 * time.Millisecond), kgo.MaxBufferedRecords(50_000),
+		// A broker that goes away mid-run fails the records instead of
+		// holding them (and the command) for ever.
+		kgo.RecordDeliveryTimeout(produceDeliveryTimeout)}, auth...)...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
 	defer cl.Close()
+	if err := pingBrokers(ctx, cl, c.Brokers); err != nil {
+		return err
+	}
+	// Records are sent under rctx: the first signal ends the sending loop
+	// and leaves produceGrace for what is buffered to be acknowledged, then
+	// fails the rest, so that one signal is enough to stop.
+	rctx, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
+	stopAfterSignal := context.AfterFunc(ctx, func() { time.AfterFunc(produceGrace, abort) })
+	defer stopAfterSignal()
 	if c.Duration > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, c.Duration)
@@ -129,7 +143,7 @@ loop:
 			invalid.Add(1)
 		}
 		sent.Add(1)
-		cl.Produce(context.WithoutCancel(ctx), &kgo.Record{Value: v, Timestamp: time.Now()}, func(_ *kgo.Record, err error) {
+		cl.Produce(rctx, &kgo.Record{Value: v, Timestamp: time.Now()}, func(_ *kgo.Record, err error) {
 			if err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, err)
@@ -138,17 +152,55 @@ loop:
 			acked.Add(1)
 		})
 	}
-	if err := cl.Flush(context.WithoutCancel(ctx)); err != nil {
-		return err
+	if err := cl.Flush(rctx); err != nil {
+		// Given up after a signal: what is still buffered or in flight
+		// fails now. The client is closed right after, so the sequence
+		// numbers this abandons are never reused.
+		cl.UnsafeAbortBufferedRecords()
 	}
 	stopProgress()
 	secs := time.Since(start).Seconds()
-	fmt.Fprintf(os.Stderr, "produced %d messages (%d invalid) to %s in %.1fs: %.0f msg/s, %d failed\n",
-		acked.Load(), invalid.Load(), c.Topic, secs, float64(acked.Load())/secs, failed.Load())
-	if failed.Load() > 0 {
-		return fmt.Errorf("%d messages not acknowledged: %v", failed.Load(), firstErr.Load())
+	// Records abandoned after a signal may not have reached their callback.
+	notAcked := sent.Load() - acked.Load()
+	fmt.Fprintf(os.Stderr, "produced %d messages (%d invalid) to %s in %.1fs: %.0f msg/s, %d not acknowledged\n",
+		acked.Load(), invalid.Load(), c.Topic, secs, float64(acked.Load())/secs, notAcked)
+	if notAcked > 0 {
+		if err, ok := firstErr.Load().(error); ok {
+			return fmt.Errorf("%d messages not acknowledged: %w", notAcked, err)
+		}
+		return fmt.Errorf("%d messages not acknowledged (given up %s after the signal)", notAcked, produceGrace)
 	}
 	return nil
+}
+
+const (
+	// produceConnectTimeout bounds the wait for a first broker to answer.
+	produceConnectTimeout = 6 * time.Second
+	// produceDeliveryTimeout is how long a record may wait to be
+	// acknowledged.
+	produceDeliveryTimeout = 30 * time.Second
+	// produceGrace is how long buffered records may take to be
+	// acknowledged after a signal.
+	produceGrace = 3 * time.Second
+)
+
+// pingBrokers waits, at most produceConnectTimeout, for a broker to answer.
+func pingBrokers(ctx context.Context, cl *kgo.Client, brokers []string) error {
+	pctx, cancel := context.WithTimeout(ctx, produceConnectTimeout)
+	defer cancel()
+	err := cl.Ping(pctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted while waiting for --brokers %s to answer", strings.Join(brokers, ","))
+	case pctx.Err() != nil:
+		return fmt.Errorf("--brokers %s: no broker answered within %s (is `notifyd run` with its embedded broker, or the cluster, running?)",
+			strings.Join(brokers, ","), produceConnectTimeout)
+	default:
+		return fmt.Errorf("--brokers %s: no broker answered: %w (is `notifyd run` with its embedded broker, or the cluster, running?)",
+			strings.Join(brokers, ","), err)
+	}
 }
 
 // progress prints a progress line every second until the returned func is

@@ -15,7 +15,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/plugin/kprom"
-	"github.com/twmb/franz-go/plugin/kslog"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/notifyd/notifyd/internal/admin"
@@ -32,14 +31,25 @@ type logFlags struct {
 	LogFormat string `name:"log-format" env:"NOTIFYD_LOG_FORMAT" default:"text" enum:"text,json" help:"Log format: text or json."`
 }
 
+func (f logFlags) logFormat() string { return f.LogFormat }
+
 func (f logFlags) logger() *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(f.LogLevel))
-	opts := &slog.HandlerOptions{Level: lv}
+	opts := &slog.HandlerOptions{Level: lv, ReplaceAttr: durationsAsText}
 	if f.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+}
+
+// durationsAsText writes durations as Go durations ("1.5s"), which both
+// handlers then print alike, rather than the JSON handler's nanoseconds.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		a.Value = slog.StringValue(a.Value.Duration().String())
+	}
+	return a
 }
 
 type kafkaFlags struct {
@@ -189,11 +199,19 @@ func (c *runCmd) Run(ctx context.Context) error {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	kp := kprom.NewMetrics("notifyd_kafka", kprom.Registerer(reg), kprom.Gatherer(reg))
-	// p is set before the server serves, so /readyz never sees it nil.
+	// p and watch are set before the server serves, so /readyz never sees
+	// them nil.
 	var p *pipeline.Pipeline
+	var watch *topicWatch
+	ready := func(ctx context.Context) error {
+		if err := watch.ready(); err != nil {
+			return err
+		}
+		return p.Ready(ctx)
+	}
 	var srv *admin.Server
 	if c.MetricsAddr != "" {
-		srv, err = admin.Listen(admin.Config{Addr: c.MetricsAddr, Pprof: c.Pprof}, reg, func(ctx context.Context) error { return p.Ready(ctx) })
+		srv, err = admin.Listen(admin.Config{Addr: c.MetricsAddr, Pprof: c.Pprof}, reg, ready)
 		if err != nil {
 			return err
 		}
@@ -220,12 +238,19 @@ func (c *runCmd) Run(ctx context.Context) error {
 				"6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11", brokers[0], c.Topic))
 	}
 
-	store, err := postgres.Open(ctx, c.config())
-	if err != nil {
+	var store *postgres.Store
+	var v int
+	err = whileWaiting(ctx, log, "the database to answer", func(ctx context.Context) error {
+		var err error
+		if store, err = postgres.Open(ctx, c.config()); err != nil {
+			return err
+		}
+		v, err = store.Migrate(ctx)
 		return err
+	}, "database", c.config().String())
+	if store != nil {
+		defer store.Close()
 	}
-	defer store.Close()
-	v, err := store.Migrate(ctx)
 	if err != nil {
 		return err
 	}
@@ -233,7 +258,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
-		kgo.WithLogger(kslog.New(log.With("component", "kafka"))),
+		kgo.WithLogger(newKafkaLogger(log)),
 		kgo.WithHooks(kp),
 		kgo.SessionTimeout(c.SessionTimeout),
 		kgo.HeartbeatInterval(c.SessionTimeout / 4),
@@ -243,7 +268,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		opts = append(opts, kgo.InstanceID(c.InstanceID))
 	}
 	opts = append(opts, auth...)
-	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.WithLogger(kslog.New(log.With("component", "kafka")))}, auth...)...)
+	adm, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...), kgo.WithLogger(newKafkaLogger(log))}, auth...)...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
@@ -254,9 +279,18 @@ func (c *runCmd) Run(ctx context.Context) error {
 		// The embedded broker's data dir may predate this --topic.
 		topics = append(topics, c.Topic)
 	}
-	err = broker.EnsureTopics(ctx, kadm.NewClient(adm), 3, topics...)
-	adm.Close()
+	defer adm.Close()
+	watch = &topicWatch{adm: kadm.NewClient(adm), topic: c.Topic, log: log}
+	err = whileWaiting(ctx, log, "the Kafka brokers to answer", func(ctx context.Context) error {
+		if err := broker.EnsureTopics(ctx, watch.adm, 3, topics...); err != nil {
+			return err
+		}
+		return watch.check(ctx)
+	}, "brokers", strings.Join(brokers, ","))
 	if err != nil {
+		if len(c.Brokers) > 0 {
+			return fmt.Errorf("--brokers %s: %w", strings.Join(brokers, ","), err)
+		}
 		return err
 	}
 
@@ -272,7 +306,10 @@ func (c *runCmd) Run(ctx context.Context) error {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
 	}
+	wctx, stopWatch := context.WithCancel(gctx)
+	g.Go(func() error { return watch.run(wctx) })
 	g.Go(func() error {
+		defer stopWatch()
 		defer func() {
 			if srv != nil {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -92,6 +92,23 @@ func parseCause(err error) string {
 	return "cannot be parsed: " + msg
 }
 
+// String names the database the Config connects to, without credentials,
+// for logs; "" when the URL cannot be parsed.
+func (c Config) String() string {
+	pc, err := c.poolConfig()
+	if err != nil {
+		return ""
+	}
+	return describe(pc)
+}
+
+// describe names pc's database as libpq key=value pairs, without the
+// password: the string goes to logs.
+func describe(pc *pgxpool.Config) string {
+	cc := pc.ConnConfig
+	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s", cc.Host, cc.Port, cc.Database, cc.User)
+}
+
 // Store writes notifications and consumer positions to PostgreSQL.
 type Store struct {
 	pool *pgxpool.Pool
@@ -108,9 +125,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	cc := pc.ConnConfig
-	// No password: this string goes to logs.
-	desc := fmt.Sprintf("host=%s port=%d dbname=%s user=%s", cc.Host, cc.Port, cc.Database, cc.User)
+	desc := describe(pc)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", desc, err)

@@ -263,10 +263,15 @@ Examples:
   notifyd dlq show --source-offsets 2:1500 --full`
 }
 
-func (c *dlqShowCmd) Run(ctx context.Context) error {
+func (c *dlqShowCmd) validate() error {
+	var errs []error
 	if c.Last < 0 {
-		return fmt.Errorf("--last: must be 0 or more, got %d", c.Last)
+		errs = append(errs, fmt.Errorf("--last: must be 0 or more, got %d", c.Last))
 	}
+	return errors.Join(c.dlqFlags.validate(), errors.Join(errs...))
+}
+
+func (c *dlqShowCmd) Run(ctx context.Context) error {
 	entries, err := c.read(ctx)
 	if err != nil {
 		return err
@@ -356,10 +361,15 @@ Examples:
   notifyd dlq replay --source-offsets 0:150 --force`
 }
 
-func (c *dlqReplayCmd) Run(ctx context.Context) error {
+func (c *dlqReplayCmd) validate() error {
+	var errs []error
 	if c.MaxReplays < 1 {
-		return fmt.Errorf("--max-replays: must be at least 1, got %d", c.MaxReplays)
+		errs = append(errs, fmt.Errorf("--max-replays: must be at least 1, got %d", c.MaxReplays))
 	}
+	return errors.Join(c.dlqFlags.validate(), errors.Join(errs...))
+}
+
+func (c *dlqReplayCmd) Run(ctx context.Context) error {
 	entries, err := c.read(ctx)
 	if err != nil {
 		return err

@@ -116,8 +116,8 @@ func (f *dlqFlags) filter() (dlq.Filter, error) {
 	return flt, nil
 }
 
-// read returns the dead letters that pass the filter.
-func (f *dlqFlags) read(ctx context.Context) ([]*kgo.Record, error) {
+// read returns the dead letters that pass the filter, with their replays.
+func (f *dlqFlags) read(ctx context.Context) ([]dlq.Entry, error) {
 	flt, err := f.filter()
 	if err != nil {
 		return nil, err
@@ -129,14 +129,17 @@ func (f *dlqFlags) read(ctx context.Context) ([]*kgo.Record, error) {
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	var out []*kgo.Record
-	err = dlq.ReadAll(ctx, cl, f.dlqTopic(), func(r *kgo.Record) error {
-		if flt.Match(r) {
-			out = append(out, r)
+	all, err := dlq.ReadTopic(ctx, cl, f.dlqTopic())
+	if err != nil {
+		return nil, err
+	}
+	var out []dlq.Entry
+	for _, e := range all {
+		if flt.Match(e.Record) {
+			out = append(out, e)
 		}
-		return nil
-	})
-	return out, err
+	}
+	return out, nil
 }
 
 type dlqListCmd struct {
@@ -157,97 +160,184 @@ func (c *dlqListCmd) Run(ctx context.Context) error {
 	return printList(c.stdout(), c.dlqTopic(), recs)
 }
 
-func printList(w io.Writer, topic string, recs []*kgo.Record) error {
+// maxReasonChars bounds a reason in the list, which has one line per group.
+const maxReasonChars = 200
+
+func printList(w io.Writer, topic string, entries []dlq.Entry) error {
 	byClass := map[string]int{}
-	for _, r := range recs {
-		cl, _ := dlq.Header(r, dlq.HeaderClass)
+	recs := make([]*kgo.Record, len(entries))
+	replayed := 0
+	for i, e := range entries {
+		cl, _ := dlq.Header(e.Record, dlq.HeaderClass)
 		byClass[cl]++
+		recs[i] = e.Record
+		if len(e.Replays) > 0 {
+			replayed++
+		}
 	}
-	fmt.Fprintf(w, "%d dead letters in %s (decode %d, validate %d, store %d)\n\n",
-		len(recs), topic, byClass["decode"], byClass["validate"], byClass["store"])
+	fmt.Fprintf(w, "%d dead letters in %s (decode %d, validate %d, store %d); %d replayed already\n\n",
+		len(recs), topic, byClass["decode"], byClass["validate"], byClass["store"], replayed)
 	if len(recs) == 0 {
 		return nil
 	}
+	// Alike reasons (the same but for the values they quote) are one
+	// group; the newest of each is shown as it is.
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "COUNT\tCLASS\tNEWEST\tREASON")
+	fmt.Fprintln(tw, "COUNT\tCLASS\tNEWEST\tREASON (the newest of the group)")
 	for _, g := range dlq.Summarize(recs) {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", g.Count, g.Class, g.Newest.UTC().Format(time.RFC3339), g.Reason)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\n", g.Count, g.Class, g.Newest.UTC().Format(time.RFC3339), oneLine(g.Example, maxReasonChars))
 	}
 	return tw.Flush()
 }
 
+// oneLine renders text on one line as render does, cut after max
+// characters.
+func oneLine(s string, max int) string {
+	text, note := escape([]byte(s), max)
+	return text + note
+}
+
+// escape renders b for a terminal, one way whatever it holds: printable
+// characters as they are; a NUL, other control and invisible characters,
+// and bytes that are not UTF-8, escaped as in a Go string (\x00, \n,
+// \u200b, \xff). It stops after max characters (max < 0: never). note
+// says what was escaped or cut, so that an escape is not taken for text.
+func escape(b []byte, max int) (text, note string) {
+	var sb strings.Builder
+	var invalid, nul, other, chars int
+	i := 0
+	for i < len(b) && chars != max {
+		r, size := utf8.DecodeRune(b[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			invalid++
+			fmt.Fprintf(&sb, `\x%02x`, b[i])
+		case r == 0:
+			nul++
+			sb.WriteString(`\x00`)
+		case !unicode.IsPrint(r) && r != ' ':
+			other++
+			q := strconv.QuoteRune(r)
+			sb.WriteString(q[1 : len(q)-1])
+		default:
+			sb.WriteRune(r)
+		}
+		i += size
+		chars++
+	}
+	var notes []string
+	if invalid > 0 {
+		notes = append(notes, fmt.Sprintf("%d bytes not UTF-8", invalid))
+	}
+	if nul > 0 {
+		notes = append(notes, fmt.Sprintf("%d NUL", nul))
+	}
+	if other > 0 {
+		notes = append(notes, fmt.Sprintf("%d control or invisible characters", other))
+	}
+	if len(notes) > 0 {
+		note = "  [escaped: " + strings.Join(notes, ", ") + "]"
+	}
+	if i < len(b) {
+		note += fmt.Sprintf("… [%d of %d bytes shown]", i, len(b))
+	}
+	return sb.String(), note
+}
+
 type dlqShowCmd struct {
 	dlqFlags
-	Last int `name:"last" default:"10" help:"Show at most this many, the newest; 0 shows all."`
+	Last int  `name:"last" default:"10" help:"Show at most this many, the newest; 0 shows all."`
+	Full bool `name:"full" help:"Print every header, the key and the value whole; by default each is cut at 512 characters."`
 }
 
 func (c *dlqShowCmd) Help() string {
-	return `Values that are not printable text are shown as hex.
+	return `Each dead letter is named by where its message was read (topic/partition/
+offset of the input topic, what --source-offsets selects), then where it is
+kept in the dead-letter topic. Headers, key and value are printed as text:
+printable characters as they are, anything else escaped as in Go (a NUL as
+\x00, a byte that is not UTF-8 as \xff) with a note saying so, and cut at
+512 characters unless --full.
 
 Examples:
   notifyd dlq show --last 5
-  notifyd dlq show --source-offsets 2:1500`
+  notifyd dlq show --source-offsets 2:1500 --full`
+}
+
+func (c *dlqShowCmd) validate() error {
+	var errs []error
+	if c.Last < 0 {
+		errs = append(errs, fmt.Errorf("--last: must be 0 or more, got %d", c.Last))
+	}
+	return errors.Join(c.dlqFlags.validate(), errors.Join(errs...))
 }
 
 func (c *dlqShowCmd) Run(ctx context.Context) error {
-	if c.Last < 0 {
-		return fmt.Errorf("--last: must be 0 or more, got %d", c.Last)
-	}
-	recs, err := c.read(ctx)
+	entries, err := c.read(ctx)
 	if err != nil {
 		return err
 	}
-	if c.Last > 0 && len(recs) > c.Last {
+	if c.Last > 0 && len(entries) > c.Last {
 		// Newest last in each partition; order by time overall.
-		sortByTime(recs)
-		recs = recs[len(recs)-c.Last:]
+		sortByTime(entries)
+		entries = entries[len(entries)-c.Last:]
 	}
-	for _, r := range recs {
-		printLetter(c.stdout(), r)
+	for _, e := range entries {
+		printLetter(c.stdout(), e, c.Full)
 	}
-	if len(recs) == 0 {
+	if len(entries) == 0 {
 		fmt.Fprintln(c.stdout(), "no dead letters match")
 	}
 	return nil
 }
 
-func sortByTime(recs []*kgo.Record) {
-	slices.SortStableFunc(recs, func(a, b *kgo.Record) int { return a.Timestamp.Compare(b.Timestamp) })
+func sortByTime(entries []dlq.Entry) {
+	slices.SortStableFunc(entries, func(a, b dlq.Entry) int { return a.Record.Timestamp.Compare(b.Record.Timestamp) })
 }
 
-func printLetter(w io.Writer, r *kgo.Record) {
-	fmt.Fprintf(w, "dead letter %s/%d/%d at %s\n", r.Topic, r.Partition, r.Offset, r.Timestamp.UTC().Format(time.RFC3339Nano))
+// showLimit is how many characters of a header, key or value show prints
+// without --full.
+const showLimit = 512
+
+func printLetter(w io.Writer, e dlq.Entry, full bool) {
+	r := e.Record
+	p, _ := dlq.Header(r, dlq.HeaderSourcePartition)
+	o, _ := dlq.Header(r, dlq.HeaderSourceOffset)
+	fmt.Fprintf(w, "dead letter from %s (--source-offsets %s:%s)\n", e.Source(), p, o)
+	fmt.Fprintf(w, "  kept at %s, written %s\n", e.Place(), r.Timestamp.UTC().Format(time.RFC3339Nano))
+	for _, rp := range e.Replays {
+		fmt.Fprintf(w, "  replayed %s as %s\n", rp.At.UTC().Format(time.RFC3339Nano), rp.As)
+	}
 	for _, h := range r.Headers {
-		fmt.Fprintf(w, "  %s: %s\n", h.Key, safe(h.Value))
+		fmt.Fprintf(w, "  %s: %s\n", h.Key, render(h.Value, full))
 	}
 	if r.Key != nil {
-		fmt.Fprintf(w, "  key: %s\n", safe(r.Key))
+		fmt.Fprintf(w, "  key: %s\n", render(r.Key, full))
 	}
-	fmt.Fprintf(w, "  value (%d bytes): %s\n\n", len(r.Value), safe(r.Value))
+	fmt.Fprintf(w, "  value (%d bytes): %s\n\n", len(r.Value), render(r.Value, full))
 }
 
-// safe renders bytes for a terminal: printable UTF-8 as it is, anything
-// else escaped, and values that are not text at all as hex.
-func safe(b []byte) string {
+// render prints a header, key or value for a terminal (see escape), cut
+// at showLimit characters unless full. A nil value (a tombstone) is
+// (null).
+func render(b []byte, full bool) string {
 	if b == nil {
 		return "(null)"
 	}
-	if !utf8.Valid(b) {
-		return "hex " + fmt.Sprintf("% x", b)
+	limit := showLimit
+	if full {
+		limit = -1
 	}
-	s := string(b)
-	for _, r := range s {
-		if !unicode.IsPrint(r) && r != ' ' {
-			q := strconv.Quote(s)
-			return q
-		}
+	text, note := escape(b, limit)
+	if note != "" && strings.Contains(note, "shown]") && !full {
+		note += " (--full prints all)"
 	}
-	return s
+	return text + note
 }
 
 type dlqReplayCmd struct {
 	dlqFlags
 	DryRun     bool `name:"dry-run" help:"Show what would be replayed; send nothing."`
+	Force      bool `name:"force" help:"Replay dead letters that were replayed already, too."`
 	MaxReplays int  `name:"max-replays" default:"3" help:"Do not replay a message that was replayed this many times already."`
 }
 
@@ -256,40 +346,60 @@ func (c *dlqReplayCmd) Help() string {
 with their original key, value and headers. Fix the cause first (a producer,
 a limit, a table constraint): a message that fails again is dead-lettered
 again with its replay count, and is not replayed past --max-replays.
-A message without an id keeps the id derived from where it first arrived, so
-replaying it twice still makes one row.
+
+Each replay is recorded by a marker in the dead-letter topic (a record with
+an empty value and the header notifyd.replayed.letter), so a dead letter
+that was replayed already is not replayed again unless --force; the
+refusal says when it was replayed. A message without an id keeps the id
+derived from where it first arrived, so replaying it twice still makes one
+row.
 
 Examples:
   notifyd dlq replay --class store --dry-run
   notifyd dlq replay --class store
-  notifyd dlq replay --source-offsets 0:100-200`
+  notifyd dlq replay --source-offsets 0:100-200
+  notifyd dlq replay --source-offsets 0:150 --force`
+}
+
+func (c *dlqReplayCmd) validate() error {
+	var errs []error
+	if c.MaxReplays < 1 {
+		errs = append(errs, fmt.Errorf("--max-replays: must be at least 1, got %d", c.MaxReplays))
+	}
+	return errors.Join(c.dlqFlags.validate(), errors.Join(errs...))
 }
 
 func (c *dlqReplayCmd) Run(ctx context.Context) error {
-	if c.MaxReplays < 1 {
-		return fmt.Errorf("--max-replays: must be at least 1, got %d", c.MaxReplays)
-	}
-	recs, err := c.read(ctx)
+	entries, err := c.read(ctx)
 	if err != nil {
 		return err
 	}
+	var todo []dlq.Entry
 	var out []*kgo.Record
-	skipped := 0
-	for _, d := range recs {
-		r, err := dlq.ReplayRecord(c.Topic, d, c.MaxReplays)
+	atLimit, already := 0, 0
+	for _, e := range entries {
+		if last, ok := e.LastReplay(); ok && !c.Force {
+			already++
+			fmt.Fprintf(os.Stderr, "skipping %s (kept at %s): replayed %s as %s%s; --force replays it again\n",
+				e.Source(), e.Place(), last.At.UTC().Format(time.RFC3339), last.As, times(len(e.Replays)))
+			continue
+		}
+		r, err := dlq.ReplayRecord(c.Topic, e.Record, c.MaxReplays)
 		if errors.Is(err, dlq.ErrReplayLimit) {
-			skipped++
-			fmt.Fprintf(os.Stderr, "skipping %s/%d/%d: %v\n", d.Topic, d.Partition, d.Offset, err)
+			atLimit++
+			fmt.Fprintf(os.Stderr, "skipping %s (kept at %s): %v\n", e.Source(), e.Place(), err)
 			continue
 		}
 		if err != nil {
 			return err
 		}
+		todo = append(todo, e)
 		out = append(out, r)
 	}
+	skipped := fmt.Sprintf("%d skipped at the replay limit, %d replayed already", atLimit, already)
 	if c.DryRun {
-		fmt.Fprintf(c.stdout(), "dry run: would replay %d dead letters onto %s (%d skipped at the replay limit)\n", len(out), c.Topic, skipped)
-		return printList(c.stdout(), c.dlqTopic(), recs)
+		fmt.Fprintf(c.stdout(), "dry run: would replay %d dead letters onto %s (%s)\n", len(out), c.Topic, skipped)
+		return printList(c.stdout(), c.dlqTopic(), entries)
 	}
 	cl, err := c.client()
 	if err != nil {
@@ -303,12 +413,32 @@ func (c *dlqReplayCmd) Run(ctx context.Context) error {
 		if err := cl.ProduceSync(ctx, part...).FirstErr(); err != nil {
 			return fmt.Errorf("replayed %d of %d, then: %w", done, len(out), err)
 		}
+		// The markers follow the replays they record: a failure between
+		// the two can at worst let a later run replay these again, never
+		// mark as replayed what was not.
+		now := time.Now()
+		markers := make([]*kgo.Record, len(part))
+		for j, r := range part {
+			markers[j] = dlq.ReplayMarker(c.dlqTopic(), todo[i+j], r, now)
+		}
+		if err := cl.ProduceSync(ctx, markers...).FirstErr(); err != nil {
+			return fmt.Errorf("replayed %d of %d, but could not record the last %d as replayed in %s (a later replay would send them again): %w",
+				done+len(part), len(out), len(part), c.dlqTopic(), err)
+		}
 		done += len(part)
 		fmt.Fprintf(os.Stderr, "\rreplayed %d/%d", done, len(out))
 	}
 	if len(out) > 0 {
 		fmt.Fprintln(os.Stderr)
 	}
-	fmt.Fprintf(c.stdout(), "replayed %d dead letters onto %s; %d skipped at the replay limit\n", done, c.Topic, skipped)
+	fmt.Fprintf(c.stdout(), "replayed %d dead letters onto %s; %s\n", done, c.Topic, skipped)
 	return nil
+}
+
+// times says how often a letter was replayed, when more than once.
+func times(n int) string {
+	if n < 2 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d times; that is the last)", n)
 }

@@ -33,10 +33,17 @@ func (e *opsEnv) dlqCommand(args ...string) string {
 	return out.String()
 }
 
-// deadLetters reads the dead-letter topic.
+// deadLetters reads the dead letters of the dead-letter topic (not its
+// replay markers).
 func (e *opsEnv) deadLetters() []*kgo.Record {
 	e.t.Helper()
-	return e.readTopic("notifications.dlq")
+	var out []*kgo.Record
+	for _, r := range e.readTopic("notifications.dlq") {
+		if !dlq.IsReplayMarker(r) {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 func (e *opsEnv) readTopic(topic string) []*kgo.Record {
@@ -126,7 +133,7 @@ func TestDLQListCountsByClassAndReason(t *testing.T) {
 	out := e.dlqCommand("list")
 	t.Logf("notifyd dlq list:\n%s", out)
 	lines := strings.Split(out, "\n")
-	if want := "6 dead letters in notifications.dlq (decode 2, validate 3, store 1)"; lines[0] != want {
+	if want := "6 dead letters in notifications.dlq (decode 2, validate 3, store 1); 0 replayed already"; lines[0] != want {
 		t.Errorf("first line: got %q, want %q", lines[0], want)
 	}
 	// Newest group first; the three bad user ids are one group.
@@ -139,22 +146,23 @@ func TestDLQListCountsByClassAndReason(t *testing.T) {
 	if got, want := strings.Join(rows, ", "), "1 store, 3 validate, 1 decode, 1 decode"; got != want {
 		t.Errorf("groups (count class, newest first): got %q, want %q", got, want)
 	}
-	if !strings.Contains(out, `field "user_id": "…" is not a UUID`) {
-		t.Errorf("list: got\n%s\nwant the user_id reason with its values masked", out)
+	// The group shows its newest reason as it is, and only that one.
+	if !strings.Contains(out, `field "user_id": "nope" is not a UUID`) {
+		t.Errorf("list: got\n%s\nwant the newest user_id reason as it is, about \"nope\"", out)
 	}
-	for _, v := range []string{"abc", "xyz-42", "nope"} {
+	for _, v := range []string{"abc", "xyz-42"} {
 		if strings.Contains(out, `"`+v+`"`) {
-			t.Errorf("list: got the value %q in it, want values masked", v)
+			t.Errorf("list: got the value %q in it, want only the newest example of the group", v)
 		}
 	}
 
-	if got, want := firstLine(e.dlqCommand("list", "--class", "validate")), "3 dead letters in notifications.dlq (decode 0, validate 3, store 0)"; got != want {
+	if got, want := firstLine(e.dlqCommand("list", "--class", "validate")), "3 dead letters in notifications.dlq (decode 0, validate 3, store 0); 0 replayed already"; got != want {
 		t.Errorf("list --class validate: got %q, want %q", got, want)
 	}
-	if got, want := firstLine(e.dlqCommand("list", "--source-offsets", "1:11-14")), "2 dead letters in notifications.dlq (decode 0, validate 2, store 0)"; got != want {
+	if got, want := firstLine(e.dlqCommand("list", "--source-offsets", "1:11-14")), "2 dead letters in notifications.dlq (decode 0, validate 2, store 0); 0 replayed already"; got != want {
 		t.Errorf("list --source-offsets 1:11-14: got %q, want %q", got, want)
 	}
-	if got, want := firstLine(e.dlqCommand("list", "--class", "store", "--source-offsets", "0:0-100")), "0 dead letters in notifications.dlq (decode 0, validate 0, store 0)"; got != want {
+	if got, want := firstLine(e.dlqCommand("list", "--class", "store", "--source-offsets", "0:0-100")), "0 dead letters in notifications.dlq (decode 0, validate 0, store 0); 0 replayed already"; got != want {
 		t.Errorf("list --class store --source-offsets 0:0-100: got %q, want %q", got, want)
 	}
 }
@@ -170,16 +178,22 @@ func TestDLQShowPrintsEveryHeaderAndTheValue(t *testing.T) {
 	seeded := e.seedDeadLetters()
 
 	out := e.dlqCommand("show", "--last", "0")
-	if got := strings.Count(out, "dead letter notifications.dlq/"); got != len(seeded) {
+	if got := strings.Count(out, "dead letter from notifications/"); got != len(seeded) {
 		t.Errorf("show --last 0: got %d dead letters, want %d\n%s", got, len(seeded), out)
 	}
 	for _, d := range seeded {
 		// Each letter's block, from its first line to the blank line.
-		head := fmt.Sprintf("at %s\n", d.Timestamp.UTC().Format(time.RFC3339Nano))
+		head := fmt.Sprintf("written %s\n", d.Timestamp.UTC().Format(time.RFC3339Nano))
 		i := strings.Index(out, head)
 		if i < 0 {
 			t.Errorf("show: no dead letter written at %s in\n%s", d.Timestamp.UTC().Format(time.RFC3339Nano), out)
 			continue
+		}
+		// The letter is named by its source, as --source-offsets selects.
+		src := fmt.Sprintf("dead letter from notifications/%s/%s (--source-offsets %[1]s:%[2]s)\n  kept at notifications.dlq/",
+			header(d, dlq.HeaderSourcePartition), header(d, dlq.HeaderSourceOffset))
+		if !strings.Contains(out[:i], src) {
+			t.Errorf("show: got\n%s\nwant the letter written at %s named %q", out, d.Timestamp.UTC().Format(time.RFC3339Nano), src)
 		}
 		block, _, _ := strings.Cut(out[i:], "\n\n")
 		for _, h := range d.Headers {
@@ -192,10 +206,10 @@ func TestDLQShowPrintsEveryHeaderAndTheValue(t *testing.T) {
 			t.Errorf("show: got\n%s\nwant the key %q", block, d.Key)
 		}
 	}
-	if want := "  value (4 bytes): hex 7b ff fe 7d"; !strings.Contains(out, want) {
-		t.Errorf("show: got\n%s\nwant the value that is not UTF-8 as hex: %q", out, want)
+	if want := `  value (4 bytes): {\xff\xfe}  [escaped: 2 bytes not UTF-8]`; !strings.Contains(out, want) {
+		t.Errorf("show: got\n%s\nwant the value that is not UTF-8 with its bad bytes escaped: %q", out, want)
 	}
-	if want := `  value (5 bytes): [1,2]`; !strings.Contains(out, want) {
+	if want := "  value (5 bytes): [1,2]\n"; !strings.Contains(out, want) {
 		t.Errorf("show: want the text value as it is: %q", want)
 	}
 	for _, h := range []string{dlq.HeaderError, dlq.HeaderClass, dlq.HeaderSourceTopic, dlq.HeaderSourcePartition,
@@ -206,7 +220,7 @@ func TestDLQShowPrintsEveryHeaderAndTheValue(t *testing.T) {
 	}
 
 	last := e.dlqCommand("show", "--last", "1")
-	if got := strings.Count(last, "dead letter notifications.dlq/"); got != 1 {
+	if got := strings.Count(last, "dead letter from notifications/"); got != 1 {
 		t.Errorf("show --last 1: got %d dead letters, want 1\n%s", got, last)
 	}
 	if !strings.Contains(last, "notifyd.error.class: store") || !strings.Contains(last, `check constraint "no_bad"`) {
@@ -223,7 +237,7 @@ func TestDLQReplaySendsTheMessagesBackOrNothingOnDryRun(t *testing.T) {
 	seeded := e.seedDeadLetters()
 
 	out := e.dlqCommand("replay", "--dry-run")
-	if want := "dry run: would replay 6 dead letters onto notifications (0 skipped at the replay limit)"; firstLine(out) != want {
+	if want := "dry run: would replay 6 dead letters onto notifications (0 skipped at the replay limit, 0 replayed already)"; firstLine(out) != want {
 		t.Errorf("replay --dry-run: got %q, want %q", firstLine(out), want)
 	}
 	for p, end := range e.endOffsets("notifications") {
@@ -233,7 +247,7 @@ func TestDLQReplaySendsTheMessagesBackOrNothingOnDryRun(t *testing.T) {
 	}
 
 	out = e.dlqCommand("replay", "--class", "validate")
-	if want := "replayed 3 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
+	if want := "replayed 3 dead letters onto notifications; 0 skipped at the replay limit, 0 replayed already"; strings.TrimSpace(out) != want {
 		t.Errorf("replay --class validate: got %q, want %q", strings.TrimSpace(out), want)
 	}
 	got := e.readTopic("notifications")
@@ -330,25 +344,50 @@ func TestDLQReplayOfStoreRejectsAfterTheFixStoresEachMessageOnce(t *testing.T) {
 	if _, err := e.pool.Exec(context.Background(), "ALTER TABLE notifications DROP CONSTRAINT no_bad"); err != nil {
 		t.Fatal(err)
 	}
-	for round := 1; round <= 2; round++ {
-		out := e.dlqCommand("replay", "--class", "store")
-		if want := "replayed 2 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
-			t.Errorf("replay round %d: got %q, want %q", round, strings.TrimSpace(out), want)
+	// Round 1 replays; round 2 is refused, since both were replayed; round
+	// 3 forces it. Each message is stored once whatever the rounds.
+	for _, round := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "replayed 2 dead letters onto notifications; 0 skipped at the replay limit, 0 replayed already"},
+		{nil, "replayed 0 dead letters onto notifications; 0 skipped at the replay limit, 2 replayed already"},
+		{[]string{"--force"}, "replayed 2 dead letters onto notifications; 0 skipped at the replay limit, 0 replayed already"},
+	} {
+		before := e.endOffsets("notifications")
+		out := e.dlqCommand(append([]string{"replay", "--class", "store"}, round.args...)...)
+		if strings.TrimSpace(out) != round.want {
+			t.Errorf("replay %v: got %q, want %q", round.args, strings.TrimSpace(out), round.want)
+		}
+		sent := 0
+		for p, end := range e.endOffsets("notifications") {
+			sent += int(end - before[p])
+		}
+		if want := strings.Count(round.want, "replayed 2 dead letters") * 2; sent != want {
+			t.Errorf("replay %v: got %d records sent to the input topic, want %d", round.args, sent, want)
 		}
 		e.waitDrained("replay-fix")
 		if got := e.countRows(""); got != 3 {
-			t.Errorf("rows after replay round %d: got %d, want 3", round, got)
+			t.Errorf("rows after replay %v: got %d, want 3", round.args, got)
 		}
 		if got := e.countRows("WHERE id = $1", withID); got != 1 {
-			t.Errorf("rows of the message with id after replay round %d: got %d, want 1", round, got)
+			t.Errorf("rows of the message with id after replay %v: got %d, want 1", round.args, got)
 		}
 		if got := e.countRows("WHERE id = $1 AND title = 'BAD'", derived); got != 1 {
-			t.Errorf("rows of the message without id (id %s, derived from where it first arrived) after replay round %d: got %d, want 1",
-				derived, round, got)
+			t.Errorf("rows of the message without id (id %s, derived from where it first arrived) after replay %v: got %d, want 1",
+				derived, round.args, got)
 		}
 		if got := len(e.deadLetters()); got != 2 {
-			t.Errorf("dead letters after replay round %d: got %d, want still 2", round, got)
+			t.Errorf("dead letters after replay %v: got %d, want still 2", round.args, got)
 		}
+	}
+	// What the operator sees: both replayed, twice each, and when.
+	if got, want := firstLine(e.dlqCommand("list")), "2 dead letters in notifications.dlq (decode 0, validate 0, store 2); 2 replayed already"; got != want {
+		t.Errorf("list after the replays: got %q, want %q", got, want)
+	}
+	show := e.dlqCommand("show", "--class", "store")
+	if got := strings.Count(show, "\n  replayed 20"); got != 4 {
+		t.Errorf("show after the replays: got %d replayed lines, want 2 for each letter\n%s", got, show)
 	}
 }
 
@@ -376,7 +415,7 @@ func TestDLQReplayOfAMessageThatFailsAgainStopsAtMaxReplays(t *testing.T) {
 		d := newest(e.deadLetters())
 		sel := header(d, dlq.HeaderSourcePartition) + ":" + header(d, dlq.HeaderSourceOffset)
 		out := e.dlqCommand("replay", "--class", "store", "--source-offsets", sel, "--max-replays", strconv.Itoa(maxReplays))
-		if want := "replayed 1 dead letters onto notifications; 0 skipped at the replay limit"; strings.TrimSpace(out) != want {
+		if want := "replayed 1 dead letters onto notifications; 0 skipped at the replay limit, 0 replayed already"; strings.TrimSpace(out) != want {
 			t.Fatalf("replay %d: got %q, want %q", k, strings.TrimSpace(out), want)
 		}
 		e.waitDrained("replay-loop")
@@ -407,18 +446,69 @@ func TestDLQReplayOfAMessageThatFailsAgainStopsAtMaxReplays(t *testing.T) {
 	d := newest(e.deadLetters())
 	sel := header(d, dlq.HeaderSourcePartition) + ":" + header(d, dlq.HeaderSourceOffset)
 	out := e.dlqCommand("replay", "--class", "store", "--source-offsets", sel, "--max-replays", strconv.Itoa(maxReplays))
-	if want := "replayed 0 dead letters onto notifications; 1 skipped at the replay limit"; strings.TrimSpace(out) != want {
+	if want := "replayed 0 dead letters onto notifications; 1 skipped at the replay limit, 0 replayed already"; strings.TrimSpace(out) != want {
 		t.Errorf("replay at the limit: got %q, want %q", strings.TrimSpace(out), want)
 	}
 	if got := e.endOffsets("notifications"); !maps.Equal(got, ends) {
 		t.Errorf("input end offsets after a refused replay: got %v, want unchanged %v", got, ends)
 	}
 	out = e.dlqCommand("replay", "--class", "store", "--max-replays", strconv.Itoa(maxReplays), "--dry-run")
-	if want := "dry run: would replay 2 dead letters onto notifications (1 skipped at the replay limit)"; firstLine(out) != want {
+	if want := "dry run: would replay 0 dead letters onto notifications (1 skipped at the replay limit, 2 replayed already)"; firstLine(out) != want {
 		t.Errorf("replay --dry-run of all: got %q, want %q", firstLine(out), want)
 	}
 	if got := e.countRows(""); got != 0 {
 		t.Errorf("rows: got %d, want 0 (the constraint still refuses the message)", got)
 	}
 	t.Logf("notifyd dlq list:\n%s", e.dlqCommand("list"))
+}
+
+func TestRenderEscapesOneWay(t *testing.T) {
+	long := strings.Repeat("é", showLimit+10)
+	for _, c := range []struct {
+		in   []byte
+		full bool
+		want string
+	}{
+		{nil, false, "(null)"},
+		{[]byte{}, false, ""},
+		{[]byte(`{"title":"Hi \u00e9"}`), false, `{"title":"Hi \u00e9"}`},
+		{[]byte("tab\there"), false, `tab\there  [escaped: 1 control or invisible characters]`},
+		{[]byte("a\x00b"), false, `a\x00b  [escaped: 1 NUL]`},
+		{[]byte("a\xffb\x00"), false, `a\xffb\x00  [escaped: 1 bytes not UTF-8, 1 NUL]`},
+		{[]byte("zero\u200bwidth"), false, `zero\u200bwidth  [escaped: 1 control or invisible characters]`},
+		{[]byte(long), false, strings.Repeat("é", showLimit) + fmt.Sprintf("… [%d of %d bytes shown] (--full prints all)", 2*showLimit, len(long))},
+		{[]byte(long), true, long},
+	} {
+		if got := render(c.in, c.full); got != c.want {
+			t.Errorf("render(%q, full %v): got %q, want %q", c.in, c.full, got, c.want)
+		}
+	}
+}
+
+func TestDLQShowCutsLongFieldsUnlessFull(t *testing.T) {
+	t.Parallel()
+	e := newOpsEnv(t)
+	title := strings.Repeat("x", 100_000)
+	value := []byte(`{"user_id":"` + uuid.NewString() + `","event_type":"x","title":"` + title + `","body":"\u0000"}`)
+	d := rejectedBy(t, value, 0, 7, time.Now())
+	prod, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...), kgo.ProducerBatchMaxBytes(1<<20))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	if err := prod.ProduceSync(context.Background(), d).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+
+	out := e.dlqCommand("show")
+	if len(out) > 4*showLimit {
+		t.Errorf("show: got %d bytes of output for a 100 KB value, want it cut", len(out))
+	}
+	if want := fmt.Sprintf("… [%d of %d bytes shown] (--full prints all)", showLimit, len(value)); !strings.Contains(out, want) {
+		t.Errorf("show: got\n%s\nwant the value cut with %q", out, want)
+	}
+	full := e.dlqCommand("show", "--full")
+	if !strings.Contains(full, title+`","body":"\u0000"}`+"\n") {
+		t.Errorf("show --full: got %d bytes, want the whole value", len(full))
+	}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 type healthCmd struct {
-	MetricsAddr string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"127.0.0.1:9464" help:"The --metrics-addr of the notifyd to ask; a wildcard host (0.0.0.0, ::, empty) is asked on the loopback."`
+	MetricsAddr string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"The --metrics-addr of the notifyd to ask; a wildcard host (0.0.0.0, ::, empty) is asked on the loopback."`
 	Timeout     time.Duration `name:"timeout" default:"3s" help:"Longest the check may take."`
 
 	// out receives the report; nil means standard output.
@@ -31,10 +31,18 @@ Examples:
   notifyd health --metrics-addr 127.0.0.1:9464 --timeout 1s`
 }
 
-func (c *healthCmd) Run(ctx context.Context) error {
+func (c *healthCmd) validate() error {
+	var errs []error
 	if c.Timeout <= 0 {
-		return fmt.Errorf("--timeout: must be more than 0, got %s", c.Timeout)
+		errs = append(errs, fmt.Errorf("--timeout: must be more than 0, got %s", c.Timeout))
 	}
+	if _, err := readyzURL(c.MetricsAddr); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (c *healthCmd) Run(ctx context.Context) error {
 	url, err := readyzURL(c.MetricsAddr)
 	if err != nil {
 		return err

@@ -21,9 +21,12 @@ func settingsReference() (string, error) {
 	var sb strings.Builder
 	sb.WriteString("# Configuration reference\n\n")
 	sb.WriteString("Generated from the command-line model by `go test ./cmd/notifyd -run TestConfigurationReference -update`;\n")
-	sb.WriteString("a test fails when this file and the code disagree. Every flag can also be set by its\n")
-	sb.WriteString("environment variable; a flag given on the command line wins. Durations take Go syntax\n")
-	sb.WriteString("(`250ms`, `5s`, `1m30s`). A bad value stops notifyd at start with a message naming the flag.\n")
+	sb.WriteString("a test fails when this file and the code disagree. A flag with an environment variable\n")
+	sb.WriteString("can also be set by it, and a flag given on the command line wins. Every setting of `run`\n")
+	sb.WriteString("and `migrate` has one (a test checks it); flags shown with — have none: they choose what\n")
+	sb.WriteString("one command does (how much `produce` sends, which dead letters `dlq show` prints), not\n")
+	sb.WriteString("how a deployment is configured. Durations take Go syntax (`250ms`, `5s`, `1m30s`). A bad\n")
+	sb.WriteString("value stops notifyd at start with a message naming the flag.\n")
 	var walk func(n *kong.Node)
 	walk = func(n *kong.Node) {
 		for _, child := range n.Children {

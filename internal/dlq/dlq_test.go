@@ -535,3 +535,68 @@ func TestReadAllStopsAtTheCallbacksError(t *testing.T) {
 		t.Errorf("calls: got %d, want 3 (offsets 0, 1, 2)", calls)
 	}
 }
+
+// TestReadTopicAttachesReplays writes two dead letters and three replay
+// markers for the first, out of order, and checks that ReadTopic returns
+// the letters only, each with its replays oldest first.
+func TestReadTopicAttachesReplays(t *testing.T) {
+	t.Parallel()
+	const topic = "notifications.dlq"
+	c, prod := newCluster(t, topic)
+	ctx := context.Background()
+	a := Letter(topic, sourceRecord(0, 5), "validate", "reason a", 1)
+	b := Letter(topic, sourceRecord(1, 6), "store", "reason b", 1)
+	a.Partition, b.Partition = 0, 1
+	if err := prod.ProduceSync(ctx, a, b).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 5, 1, 12, 0, 0, 0, time.UTC)
+	var markers []*kgo.Record
+	for i, at := range []time.Time{t0.Add(2 * time.Hour), t0, t0.Add(time.Hour)} {
+		as := &kgo.Record{Topic: "notifications", Partition: 2, Offset: int64(100 + i)}
+		m := ReplayMarker(topic, Entry{Record: a}, as, at)
+		m.Partition = int32(i % 3)
+		markers = append(markers, m)
+	}
+	if err := prod.ProduceSync(ctx, markers...).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range markers {
+		if !IsReplayMarker(m) {
+			t.Fatalf("IsReplayMarker(%v): got false, want true", m.Headers)
+		}
+	}
+	if IsReplayMarker(a) {
+		t.Fatal("IsReplayMarker of a dead letter: got true, want false")
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	got, err := ReadTopic(ctx, cl, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("got %d entries, want the 2 dead letters", len(got))
+	}
+	slices.SortFunc(got, func(x, y Entry) int { return int(x.Record.Partition - y.Record.Partition) })
+	if got, want := got[0].Place(), "notifications.dlq/0/0"; got != want {
+		t.Errorf("Place: got %q, want %q", got, want)
+	}
+	if got, want := got[0].Source(), "notifications/0/5"; got != want {
+		t.Errorf("Source: got %q, want %q", got, want)
+	}
+	want := []Replay{{t0, "notifications/2/101"}, {t0.Add(time.Hour), "notifications/2/102"}, {t0.Add(2 * time.Hour), "notifications/2/100"}}
+	if fmt.Sprint(got[0].Replays) != fmt.Sprint(want) {
+		t.Errorf("replays of the first letter: got %v, want %v", got[0].Replays, want)
+	}
+	if last, ok := got[0].LastReplay(); !ok || !last.At.Equal(t0.Add(2*time.Hour)) {
+		t.Errorf("LastReplay: got %v %v, want the one at %v", last, ok, t0.Add(2*time.Hour))
+	}
+	if len(got[1].Replays) != 0 {
+		t.Errorf("replays of the second letter: got %v, want none", got[1].Replays)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -38,6 +39,117 @@ func Origin(r *kgo.Record) (topic string, partition int32, offset int64, ok bool
 		return "", 0, 0, false
 	}
 	return v[:j], int32(p), o, true
+}
+
+// Entry is a dead letter as notifyd dlq reads it, with what is known of
+// its replays. (The dead-letter topic is one place letters are read from;
+// another place, such as a table, yields Entries too.)
+type Entry struct {
+	// Record is the dead letter as written: key, value and headers. Its
+	// Topic, Partition and Offset are where it is kept.
+	Record *kgo.Record
+	// Replays are the earlier replays of this letter, oldest first.
+	Replays []Replay
+}
+
+// Place names where the letter is kept: "topic/partition/offset".
+func (l Entry) Place() string { return place(l.Record) }
+
+// Source names where the letter's message was read: "topic/partition/offset"
+// of the input topic, from its source headers.
+func (l Entry) Source() string {
+	t, _ := Header(l.Record, HeaderSourceTopic)
+	p, _ := Header(l.Record, HeaderSourcePartition)
+	o, _ := Header(l.Record, HeaderSourceOffset)
+	return t + "/" + p + "/" + o
+}
+
+// LastReplay is the latest replay of the letter, if any.
+func (l Entry) LastReplay() (Replay, bool) {
+	if len(l.Replays) == 0 {
+		return Replay{}, false
+	}
+	return l.Replays[len(l.Replays)-1], true
+}
+
+func place(r *kgo.Record) string {
+	return r.Topic + "/" + strconv.FormatInt(int64(r.Partition), 10) + "/" + strconv.FormatInt(r.Offset, 10)
+}
+
+// Replay is one replay of a dead letter, as its marker records it.
+type Replay struct {
+	At time.Time // when it was replayed
+	As string    // where the replayed message went: "topic/partition/offset"
+}
+
+// Header names of a replay marker. After replaying a dead letter,
+// notifyd dlq replay writes a marker into the dead-letter topic: a record
+// with an empty value and these headers, and none of a dead letter's. It
+// lives in the same topic as the letter, so it is kept at least as long as
+// the letter it is about, and every reader of the letters finds it.
+const (
+	// HeaderReplayedLetter names the letter replayed: "topic/partition/offset"
+	// in the dead-letter topic.
+	HeaderReplayedLetter = "notifyd.replayed.letter"
+	// HeaderReplayedAt is when it was replayed (RFC 3339).
+	HeaderReplayedAt = "notifyd.replayed.at"
+	// HeaderReplayedAs is where the replayed message went:
+	// "topic/partition/offset" in the input topic.
+	HeaderReplayedAs = "notifyd.replayed.as"
+)
+
+// IsReplayMarker reports whether r, read from a dead-letter topic, is a
+// replay marker rather than a dead letter.
+func IsReplayMarker(r *kgo.Record) bool {
+	_, ok := Header(r, HeaderReplayedLetter)
+	return ok
+}
+
+// ReplayMarker builds the marker, for dead-letter topic topic, recording
+// that l was replayed at at as the record as (produced, so its partition
+// and offset are known).
+func ReplayMarker(topic string, l Entry, as *kgo.Record, at time.Time) *kgo.Record {
+	return &kgo.Record{
+		Topic: topic,
+		Key:   []byte(l.Place()),
+		Headers: []kgo.RecordHeader{
+			{Key: HeaderReplayedLetter, Value: []byte(l.Place())},
+			{Key: HeaderReplayedAt, Value: []byte(at.UTC().Format(time.RFC3339Nano))},
+			{Key: HeaderReplayedAs, Value: []byte(place(as))},
+		},
+	}
+}
+
+// ReadTopic reads every dead letter of the dead-letter topic that exists
+// now, each with the replays its markers record, in the order read.
+func ReadTopic(ctx context.Context, cl *kgo.Client, topic string) ([]Entry, error) {
+	var letters []Entry
+	replays := map[string][]Replay{}
+	err := ReadAll(ctx, cl, topic, func(r *kgo.Record) error {
+		if !IsReplayMarker(r) {
+			letters = append(letters, Entry{Record: r})
+			return nil
+		}
+		of, _ := Header(r, HeaderReplayedLetter)
+		rp := Replay{At: r.Timestamp}
+		if v, ok := Header(r, HeaderReplayedAt); ok {
+			if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+				rp.At = t
+			}
+		}
+		rp.As, _ = Header(r, HeaderReplayedAs)
+		replays[of] = append(replays[of], rp)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	for i := range letters {
+		rs := replays[letters[i].Place()]
+		slices.SortStableFunc(rs, func(a, b Replay) int { return a.At.Compare(b.At) })
+		letters[i].Replays = rs
+	}
+	return letters, nil
 }
 
 // Filter selects dead letters. Zero fields select everything.

@@ -119,6 +119,8 @@ func TestBadSettingsFailAtStart(t *testing.T) {
 		{"produce: broker without port", []string{"produce", "--count", "1", "--brokers", "nohost"}, nil, "--brokers"},
 		{"dlq: broker without port", []string{"dlq", "list", "--brokers", "nohost"}, nil, "--brokers"},
 		{"unknown command", []string{"runn"}, nil, "runn"},
+		{"health: bad address", []string{"health", "--metrics-addr", "localhost"}, nil, "--metrics-addr"},
+		{"health: zero timeout", []string{"health", "--timeout", "0s"}, nil, "--timeout"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

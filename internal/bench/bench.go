@@ -35,6 +35,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/internal/broker"
+	"github.com/notifyd/notifyd/internal/dlq"
 	"github.com/notifyd/notifyd/internal/loadgen"
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pipeline"
@@ -150,11 +151,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if err := broker.EnsureTopics(ctx, adm, 3, drainTopic, drainTopic+".dlq", latTopic, latTopic+".dlq"); err != nil {
+	if err := broker.EnsureTopics(ctx, adm, 3, drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)); err != nil {
 		return nil, err
 	}
 	if len(cfg.Brokers) > 0 {
-		defer adm.DeleteTopics(context.WithoutCancel(ctx), drainTopic, drainTopic+".dlq", latTopic, latTopic+".dlq") //nolint:errcheck // best effort
+		defer adm.DeleteTopics(context.WithoutCancel(ctx), drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)) //nolint:errcheck // best effort
 	}
 
 	log.Info("measuring the COPY limit", "rows", cfg.Messages)

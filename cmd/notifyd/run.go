@@ -228,7 +228,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 			Logger: log.With("component", "broker"),
 		})
 		if err != nil {
-			return err
+			return fmt.Errorf("%w (without --brokers notifyd starts its own broker: is another one running?)", err)
 		}
 		defer emb.Close()
 		brokers = emb.Addrs()

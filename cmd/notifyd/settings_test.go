@@ -530,3 +530,39 @@ func TestHelpOnEveryCommand(t *testing.T) {
 		})
 	}
 }
+
+// TestPackageDefaultsReachEveryFlag checks that every flag whose default a
+// package owns (a key of settingVars) takes it from there in every command,
+// never as a literal that could drift from the package.
+func TestPackageDefaultsReachEveryFlag(t *testing.T) {
+	vars := settingVars()
+	used := map[string]bool{}
+	var walk func(typ reflect.Type, path string)
+	walk = func(typ reflect.Type, path string) {
+		for i := range typ.NumField() {
+			f := typ.Field(i)
+			if f.Type.Kind() == reflect.Struct && f.Type.PkgPath() == typ.PkgPath() && f.Tag.Get("kong") != "-" {
+				walk(f.Type, path+"."+f.Name)
+				continue
+			}
+			def := f.Tag.Get("default")
+			if v, ok := strings.CutPrefix(def, "${"); ok {
+				used[strings.TrimSuffix(v, "}")] = true
+			}
+			name := f.Tag.Get("name")
+			key := strings.ReplaceAll(name, "-", "_")
+			if _, ok := vars[key]; !ok {
+				continue
+			}
+			if want := "${" + key + "}"; def != want {
+				t.Errorf("%s.%s (--%s): default tag %q, want %q", path, f.Name, name, def, want)
+			}
+		}
+	}
+	walk(reflect.TypeFor[cli](), "cli")
+	for key := range vars {
+		if !used[key] {
+			t.Errorf("settingVars has %q, which no flag uses", key)
+		}
+	}
+}

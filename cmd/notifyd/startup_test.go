@@ -118,6 +118,9 @@ func TestUnknownTopicWarnsAndIsNotReady(t *testing.T) {
 	if err != nil || code != 503 || !strings.Contains(body, "topic "+typo+" does not exist") {
 		t.Fatalf("/readyz: got %d %q %v, want 503 naming the missing topic", code, body, err)
 	}
+	if v, ok := scrape(t, addr).value("notifyd_ready"); !ok || v != 0 {
+		t.Errorf("notifyd_ready: got %v (present %v), want 0 while the topic is missing", v, ok)
+	}
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(strings.Split(e.brokers, ",")...))
 	if err != nil {
@@ -131,6 +134,9 @@ func TestUnknownTopicWarnsAndIsNotReady(t *testing.T) {
 		code, body, err := get(addr, "/readyz")
 		return err == nil && code == 200, body
 	})
+	if v, ok := scrape(t, addr).value("notifyd_ready"); !ok || v != 1 {
+		t.Errorf("notifyd_ready: got %v (present %v), want 1 once ready", v, ok)
+	}
 	if _, ok := d.out.waitFor("the input topic exists now", 5*time.Second); !ok {
 		t.Errorf("no line saying the topic exists now:\n%s", d.out.tail(10))
 	}

@@ -30,7 +30,7 @@ func (f dbFlags) validate() error { return f.config().Validate() }
 func (c *migrateCmd) Run(ctx context.Context) error {
 	st, err := postgres.Open(ctx, c.config())
 	if err != nil {
-		return err
+		return fmt.Errorf("--database-url: %w", err)
 	}
 	defer st.Close()
 	v, err := st.Migrate(ctx)

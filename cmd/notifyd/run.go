@@ -243,7 +243,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	err = whileWaiting(ctx, log, "the database to answer", func(ctx context.Context) error {
 		var err error
 		if store, err = postgres.Open(ctx, c.config()); err != nil {
-			return err
+			return fmt.Errorf("--database-url: %w", err)
 		}
 		v, err = store.Migrate(ctx)
 		return err

@@ -26,7 +26,8 @@ func settingsReference() (string, error) {
 	sb.WriteString("and `migrate` has one (a test checks it); flags shown with — have none: they choose what\n")
 	sb.WriteString("one command does (how much `produce` sends, which dead letters `dlq show` prints), not\n")
 	sb.WriteString("how a deployment is configured. Durations take Go syntax (`250ms`, `5s`, `1m30s`). A bad\n")
-	sb.WriteString("value stops notifyd at start with a message naming the flag.\n")
+	sb.WriteString("value stops notifyd at start with a message naming the flag (exit code 2, see the end).\n")
+	sb.WriteString("A flag marked *not 0* refuses 0: its default is shown, and 0 would only mean that default.\n")
 	var walk func(n *kong.Node)
 	walk = func(n *kong.Node) {
 		for _, child := range n.Children {
@@ -50,6 +51,9 @@ func settingsReference() (string, error) {
 						def = "`" + def + "`"
 					}
 					help := strings.ReplaceAll(f.Help, "|", "\\|")
+					if f.Tag.Has("nonzero") {
+						help += " *Not 0.*"
+					}
 					fmt.Fprintf(&sb, "| `--%s` | %s | %s | %s |\n", f.Name, env, def, help)
 				}
 			}

@@ -252,7 +252,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		defer store.Close()
 	}
 	if err != nil {
-		return err
+		return stoppedDuringStart(ctx, log, err)
 	}
 	log.Info("database ready", "database", store.String(), "schema_version", v)
 
@@ -289,9 +289,9 @@ func (c *runCmd) Run(ctx context.Context) error {
 	}, "brokers", strings.Join(brokers, ","))
 	if err != nil {
 		if len(c.Brokers) > 0 {
-			return fmt.Errorf("--brokers %s: %w", strings.Join(brokers, ","), err)
+			err = fmt.Errorf("--brokers %s: %w", strings.Join(brokers, ","), err)
 		}
-		return err
+		return stoppedDuringStart(ctx, log, err)
 	}
 
 	p, err = pipeline.New(cfg, store, log, reg, opts...)
@@ -324,6 +324,16 @@ func (c *runCmd) Run(ctx context.Context) error {
 	err = g.Wait()
 	if err == nil {
 		log.Info("stopped cleanly")
+	}
+	return err
+}
+
+// stoppedDuringStart is err, or nil when a signal ended the start-up step
+// that failed: stopping before anything was consumed is a clean stop.
+func stoppedDuringStart(ctx context.Context, log *slog.Logger, err error) error {
+	if ctx.Err() != nil {
+		log.Info("stopped cleanly during start-up")
+		return nil
 	}
 	return err
 }

@@ -19,6 +19,10 @@ package main
 //     runCmd.pipelineConfig), and regenerate the reference:
 //     go test ./cmd/notifyd -run TestConfigurationReference -update
 //
+// A setting that several commands share lives in one embedded struct
+// (dbFlags for run and migrate, kafkaAuthFlags for every Kafka client), so
+// that each command parses, checks and documents it alike.
+//
 // Every command's settings are checked while the command line is parsed
 // (cli.AfterApply), before the command starts anything: the nonzero flags,
 // then the command's validate method, which calls each Config's Validate

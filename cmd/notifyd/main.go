@@ -63,7 +63,7 @@ func run(args []string) int {
 	kctx.BindTo(ctx, (*context.Context)(nil))
 	if err := kctx.Run(); err != nil {
 		if logs {
-			log.Error("stopped", "err", err)
+			log.Error("exiting on an error", "err", err)
 		} else {
 			fmt.Fprintln(os.Stderr, "notifyd:", err)
 		}

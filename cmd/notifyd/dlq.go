@@ -43,7 +43,7 @@ type dlqFlags struct {
 	Class       string    `name:"class" enum:",decode,validate,store" default:"" help:"Only dead letters of this class: decode, validate or store."`
 	Since       time.Time `name:"since" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written at or after this time (RFC 3339)."`
 	Until       time.Time `name:"until" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written before this time (RFC 3339)."`
-	SourceRange string    `name:"source-offsets" help:"Only dead letters from these source offsets: PARTITION:FROM-TO (inclusive) or PARTITION:OFFSET."`
+	SourceRange string    `name:"source-offsets" help:"Only dead letters of messages read from these offsets of the input topic, as dlq show names them: PARTITION:FROM-TO (inclusive) or PARTITION:OFFSET."`
 	kafkaAuthFlags
 
 	// out receives the command's report; nil means standard output. Tests

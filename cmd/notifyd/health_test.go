@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func TestHealthAsksReadyz(t *testing.T) {
@@ -53,6 +54,27 @@ func TestHealthAsksReadyz(t *testing.T) {
 		})
 	}
 
+	t.Run("exit codes of the binary", func(t *testing.T) {
+		if testing.Short() {
+			t.Skip("builds notifyd")
+		}
+		for _, c := range []struct {
+			ready bool
+			env   []string
+			args  []string
+			want  int
+		}{
+			{true, childEnv("NOTIFYD_METRICS_ADDR=" + addr), nil, 0}, // as a container's health check calls it
+			{false, childEnv(), []string{"--metrics-addr", addr}, exitFailure},
+			{true, childEnv(), []string{"--metrics-addr", addr, "--timeout", "0s"}, exitUsage},
+		} {
+			ready.Store(c.ready)
+			code, stdout, stderr := runBinary(t, c.env, 30*time.Second, append([]string{"health"}, c.args...)...)
+			if code != c.want {
+				t.Errorf("notifyd health %v (ready %v): got exit %d, want %d\nstdout: %s\nstderr: %s", c.args, c.ready, code, c.want, stdout, stderr)
+			}
+		}
+	})
 	t.Run("nothing listening", func(t *testing.T) {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {

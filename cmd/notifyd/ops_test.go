@@ -422,6 +422,62 @@ func TestRunServesMetricsHealthAndReadiness(t *testing.T) {
 		}
 	})
 
+	t.Run("the alert rules use only exported metrics", func(t *testing.T) {
+		rules, err := os.ReadFile("../../deploy/prometheus/alerts.yml")
+		if err != nil {
+			t.Fatal(err)
+		}
+		families := m.families()
+		names := regexp.MustCompile(`notifyd_[a-z_]+`).FindAllString(string(rules), -1)
+		if len(names) < 4 {
+			t.Fatalf("the alert rules name %d notifyd metrics, want at least 4", len(names))
+		}
+		for _, n := range names {
+			if !families[n] {
+				t.Errorf("an alert rule queries %s: got no such metric in /metrics of a running notifyd", n)
+			}
+		}
+	})
+
+	t.Run("the contract lists every metric and only those", func(t *testing.T) {
+		ts := tables(section(t, readContract(t), "## 6. Metrics and health"))
+		if len(ts) != 1 || len(ts[0]) < 10 {
+			t.Fatalf("section 6: got tables %v, want one table of the metrics", ts)
+		}
+		families := m.families()
+		var prefixes []string
+		listed := map[string]bool{}
+		for _, n := range ts[0] {
+			if p, ok := strings.CutSuffix(n, "*"); ok {
+				prefixes = append(prefixes, p)
+				found := false
+				for f := range families {
+					found = found || strings.HasPrefix(f, p)
+				}
+				if !found {
+					t.Errorf("the contract lists %s: got no metric of that prefix in /metrics", n)
+				}
+				continue
+			}
+			listed[n] = true
+			if !families[n] {
+				t.Errorf("the contract lists %s: got no such metric in /metrics of a running notifyd", n)
+			}
+		}
+	next:
+		for f := range families {
+			if !strings.HasPrefix(f, "notifyd_") || listed[f] {
+				continue
+			}
+			for _, p := range prefixes {
+				if strings.HasPrefix(f, p) {
+					continue next
+				}
+			}
+			t.Errorf("/metrics exports %s: got no row for it in the contract's section 6", f)
+		}
+	})
+
 	// Shutdown: readiness must drop before the process is gone.
 	if code, body, err := get(addr, "/readyz"); code != http.StatusOK {
 		t.Fatalf("GET /readyz before shutdown: got %d %q, %v, want 200", code, body, err)

@@ -89,12 +89,67 @@ func copyRows(ctx context.Context, q pgx.Tx, rows []notification.Notification) (
 // a different created_at no further away than the window: through the
 // primary-key index of each partition the window reaches.
 const windowProbeSQL = `
-SELECT v.ord::int - 1 FROM unnest($1::uuid[], $2::timestamptz[]) WITH ORDINALITY AS v(id, c, ord)
-WHERE EXISTS (
-	SELECT FROM notifications n
-	WHERE n.id = v.id AND n.created_at <> v.c
-	  AND n.created_at >= v.c - $3::bigint * interval '1 microsecond'
-	  AND n.created_at <= v.c + $3::bigint * interval '1 microsecond')`
+SELECT id, created_at FROM notifications
+WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
+
+// screenWindow marks in drop the rows that may carry another created_at
+// than an earlier copy (CreatedAtMayDiffer) and whose id is stored, or
+// earlier in the batch, within the dedupe window. A batch without such rows
+// costs nothing.
+func (s *Store) screenWindow(ctx context.Context, rows []notification.Notification, drop map[int]bool, out *screened) error {
+	var ids [][16]byte
+	var lo, hi time.Time
+	for i := range rows {
+		if r := &rows[i]; r.CreatedAtMayDiffer && !drop[i] {
+			if len(ids) == 0 {
+				lo, hi = r.CreatedAt, r.CreatedAt
+			}
+			ids = append(ids, r.ID)
+			lo, hi = minTime(lo, r.CreatedAt), maxTime(hi, r.CreatedAt)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	w := s.cfg.dedupeWindow()
+	within := func(a, b time.Time) bool { d := a.Sub(b); return d <= w && d >= -w }
+	dbRows, err := s.pool.Query(ctx, windowProbeSQL, ids, lo.Add(-w), hi.Add(w))
+	if err != nil {
+		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
+	}
+	// earlier holds the created_at of the copies of each id that come
+	// first: stored, then kept in this batch.
+	earlier := make(map[[16]byte][]time.Time)
+	var id [16]byte
+	var c time.Time
+	_, err = pgx.ForEachRow(dbRows, []any{&id, &c}, func() error {
+		earlier[id] = append(earlier[id], c)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
+	}
+	for i := range rows {
+		r := &rows[i]
+		if drop[i] {
+			continue
+		}
+		if r.CreatedAtMayDiffer {
+			for _, c := range earlier[r.ID] {
+				// The same created_at is left to the primary key, which counts it.
+				if !c.Equal(r.CreatedAt) && within(c, r.CreatedAt) {
+					drop[i] = true
+					out.windowed++
+					break
+				}
+			}
+		}
+		if !drop[i] {
+			earlier[r.ID] = append(earlier[r.ID], r.CreatedAt)
+		}
+	}
+	return nil
+}
 
 // screened is a batch's rows less those screen took out.
 type screened struct {
@@ -121,41 +176,8 @@ func (s *Store) screen(ctx context.Context, rows []notification.Notification) (s
 			}
 		}
 	}
-	w := s.cfg.dedupeWindow()
-	within := func(a, b time.Time) bool { d := a.Sub(b); return d <= w && d >= -w }
-	seen := make(map[[16]byte]time.Time, len(rows))
-	ids := make([][16]byte, len(rows))
-	created := make([]pgtype.Timestamptz, len(rows))
-	for i := range rows {
-		r := &rows[i]
-		ids[i] = r.ID
-		created[i] = pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}
-		if drop[i] {
-			continue
-		}
-		// The same created_at is left to the primary key, which counts it.
-		if c, ok := seen[r.ID]; ok && !c.Equal(r.CreatedAt) && within(c, r.CreatedAt) {
-			drop[i] = true
-			out.windowed++
-			continue
-		}
-		if _, ok := seen[r.ID]; !ok {
-			seen[r.ID] = r.CreatedAt
-		}
-	}
-	dbRows, err := s.pool.Query(ctx, windowProbeSQL, ids, created, w.Microseconds())
-	if err != nil {
-		return out, fmt.Errorf("look for duplicates within the dedupe window: %w", err)
-	}
-	found, err := pgx.CollectRows(dbRows, pgx.RowTo[int32])
-	if err != nil {
-		return out, fmt.Errorf("look for duplicates within the dedupe window: %w", err)
-	}
-	for _, i := range found {
-		if !drop[int(i)] {
-			drop[int(i)] = true
-			out.windowed++
-		}
+	if err := s.screenWindow(ctx, rows, drop, &out); err != nil {
+		return out, err
 	}
 	if len(drop) == 0 {
 		return out, nil
@@ -177,3 +199,17 @@ func (s *Store) screen(ctx context.Context, rows []notification.Notification) (s
 // (docs/architecture.md, "Reads").
 const LatestQuery = `SELECT id, event_type, title, body, data, created_at FROM notifications
 WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2`
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -233,7 +233,13 @@ func TestDedupeWindowAcrossPartitions(t *testing.T) {
 	base := rowAt(day0)
 	writeAt(t, st, []notification.Notification{base})
 
-	at := func(d time.Duration) notification.Notification { r := base; r.CreatedAt = day0.Add(d); return r }
+	// A copy sent again with its id but without its created_at, which is
+	// then the new record's timestamp.
+	at := func(d time.Duration) notification.Notification {
+		r := base
+		r.CreatedAt, r.CreatedAtMayDiffer = day0.Add(d), true
+		return r
+	}
 	cases := []struct {
 		name string
 		row  notification.Notification
@@ -245,6 +251,9 @@ func TestDedupeWindowAcrossPartitions(t *testing.T) {
 		{"168 h later, the window's edge", at(168 * time.Hour), true},
 		{"169 h later, outside the window", at(169 * time.Hour), false},
 		{"a year earlier", at(-365 * 24 * time.Hour), false},
+		// An id sent again with another created_at of its own is not looked
+		// for: a producer's retry carries the same created_at.
+		{"sent with another created_at", func() notification.Notification { r := at(time.Hour); r.CreatedAtMayDiffer = false; return r }(), false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -258,7 +267,7 @@ func TestDedupeWindowAcrossPartitions(t *testing.T) {
 	// duplicate even though nothing is stored yet.
 	a := rowAt(day0)
 	b := a
-	b.CreatedAt = a.CreatedAt.Add(30 * time.Hour)
+	b.CreatedAt, b.CreatedAtMayDiffer = a.CreatedAt.Add(30*time.Hour), true
 	res := writeAt(t, st, []notification.Notification{a, b})
 	if res.Inserted != 1 || res.Duplicates != 1 {
 		t.Fatalf("one batch with an id twice, 30 h apart: got %+v, want 1 inserted, 1 duplicate", res)

@@ -131,7 +131,7 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 	}
 	old.EventType, old.Title = "e", "title 5"
 	moved := old
-	moved.CreatedAt = old.CreatedAt.Add(time.Hour)
+	moved.CreatedAt, moved.CreatedAtMayDiffer = old.CreatedAt.Add(time.Hour), true
 	fresh := rowAt(day0.Add(time.Minute))
 	res, err := st.Write(ctx, &Batch{Group: "g", Topic: "notifications",
 		Ranges: []Range{{Partition: 0, From: 1000, To: 1003}}, Rows: []notification.Notification{old, moved, fresh}}, noReject(t))

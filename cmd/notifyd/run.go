@@ -51,6 +51,7 @@ type kafkaFlags struct {
 type runCmd struct {
 	kafkaFlags
 	dbFlags
+	storageFlags
 	logFlags
 
 	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"${group}" help:"Consumer group."`
@@ -162,7 +163,7 @@ func (c *runCmd) validate() error {
 	if err := c.pipelineConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.config().Validate(); err != nil {
+	if err := c.with(c.config()).Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -220,7 +221,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 				"6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11", brokers[0], c.Topic))
 	}
 
-	store, err := postgres.Open(ctx, c.config())
+	store, err := postgres.Open(ctx, c.with(c.config()))
 	if err != nil {
 		return err
 	}
@@ -229,6 +230,9 @@ func (c *runCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Partitions ahead before the first write; DDL only when due.
+	maint := postgres.NewMaintainer(store, log.With("component", "partitions"), reg)
+	maint.Once(ctx)
 	log.Info("database ready", "database", store.String(), "schema_version", v)
 
 	opts := []kgo.Opt{
@@ -268,11 +272,16 @@ func (c *runCmd) Run(ctx context.Context) error {
 	reg.MustRegister(poolStats)
 
 	g, gctx := errgroup.WithContext(ctx)
+	// Maintenance stops with the pipeline, as the HTTP server does.
+	mctx, stopMaint := context.WithCancel(gctx)
+	defer stopMaint()
+	g.Go(func() error { return maint.Run(mctx) })
 	if srv != nil {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
 	}
 	g.Go(func() error {
+		defer stopMaint()
 		defer func() {
 			if srv != nil {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -29,18 +29,19 @@ const maxCatchUp = 1000
 // ErrNoPrivilege reports maintenance that the database role may not do.
 var ErrNoPrivilege = errors.New("the database role may not create or drop partitions of notifications (needs to own the table)")
 
-func (c Config) validateStorage() error {
+func (c Config) validateStorage() []error {
+	var errs []error
 	iv := c.partitionInterval()
 	if iv < time.Hour || iv%time.Minute != 0 {
-		return fmt.Errorf("partition interval: must be at least 1h and a whole number of minutes, got %s", iv)
+		errs = append(errs, fmt.Errorf("--partition-interval: must be at least 1h and a whole number of minutes, got %s", iv))
 	}
 	if c.Retention < 0 || (c.Retention > 0 && c.Retention < iv) {
-		return fmt.Errorf("retention: must be 0 (keep everything) or at least the partition interval (%s), got %s", iv, c.Retention)
+		errs = append(errs, fmt.Errorf("--retention: must be 0 (keep everything) or at least --partition-interval (%s), got %s", iv, c.Retention))
 	}
 	if c.DedupeWindow < 0 {
-		return fmt.Errorf("dedupe window: must not be negative, got %s", c.DedupeWindow)
+		errs = append(errs, fmt.Errorf("--dedupe-window: must be positive, got %s", c.DedupeWindow))
 	}
-	return nil
+	return errs
 }
 
 // Ahead is how far past now partitions are made: 7 days, and at least 4

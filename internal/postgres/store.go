@@ -33,13 +33,14 @@ type Config struct {
 	// MaxConns bounds the pool; 0 means DefaultMaxConns.
 	MaxConns int32
 	// PartitionInterval is the time range of one partition of
-	// notifications; 0 means 24h. At least an hour, in whole minutes.
+	// notifications; 0 means DefaultPartitionInterval. At least an hour,
+	// in whole minutes.
 	PartitionInterval time.Duration
 	// Retention is how long rows are kept: partitions older than it are
 	// dropped and messages older than it skipped. 0 keeps everything.
 	Retention time.Duration
 	// DedupeWindow is how far apart two created_at of one id may be and
-	// still be found a duplicate; 0 means 168h.
+	// still be found a duplicate; 0 means DefaultDedupeWindow.
 	DedupeWindow time.Duration
 }
 
@@ -70,9 +71,7 @@ func (c Config) Validate() error {
 	if c.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("--db-max-conns: must be at least 1, got %d", c.MaxConns))
 	}
-	if err := c.validateStorage(); err != nil {
-		return err
-	}
+	errs = append(errs, c.validateStorage()...)
 	if _, err := c.poolConfig(); err != nil {
 		errs = append(errs, err)
 	}
@@ -138,7 +137,7 @@ type Store struct {
 
 // Open connects a pool and checks that the server answers.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
-	if err := cfg.validateStorage(); err != nil {
+	if err := errors.Join(cfg.validateStorage()...); err != nil {
 		return nil, err
 	}
 	pc, err := cfg.poolConfig()

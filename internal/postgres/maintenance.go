@@ -82,10 +82,10 @@ func (m *Maintainer) Once(ctx context.Context) MaintainResult {
 		m.log.Error("partition maintenance failed; tried again later", "error", err)
 	}
 	for _, n := range res.Created {
-		m.log.Info("partition made", "partition", n)
+		m.log.Info("partition made", "partition", n, "writers_held_up_to", res.Held)
 	}
 	for _, n := range res.Dropped {
-		m.log.Info("partition dropped for retention", "partition", n, "retention", m.store.cfg.Retention)
+		m.log.Info("partition dropped for retention", "partition", n, "retention", m.store.cfg.Retention, "writers_held_up_to", res.Held)
 	}
 	if !res.AheadUntil.IsZero() {
 		left := res.AheadUntil.Sub(now)

@@ -176,6 +176,10 @@ type MaintainResult struct {
 	// AheadUntil is the start of notifications_future: rows up to it have a
 	// regular partition.
 	AheadUntil time.Time
+	// Held is the longest time a transaction of this round held the
+	// exclusive lock on notifications that makes writers wait (from its
+	// DETACH or DROP to its commit).
+	Held time.Duration
 }
 
 // Maintain makes the partitions ahead and applies the retention. It reads
@@ -196,8 +200,8 @@ func (s *Store) Maintain(ctx context.Context) (MaintainResult, error) {
 	}
 	res.AheadUntil = parts[len(parts)-1].From
 	if len(plan) > 0 {
-		created, until, err := s.makeAhead(ctx)
-		res.Created = created
+		created, until, held, err := s.makeAhead(ctx)
+		res.Created, res.Held = created, held
 		if !until.IsZero() {
 			res.AheadUntil = until
 		}
@@ -207,8 +211,8 @@ func (s *Store) Maintain(ctx context.Context) (MaintainResult, error) {
 	}
 	if s.cfg.Retention > 0 {
 		if drop, _ := retentionPlan(parts, s.now().Add(-s.cfg.Retention)); len(drop) > 0 {
-			dropped, err := s.dropExpired(ctx)
-			res.Dropped = dropped
+			dropped, held, err := s.dropExpired(ctx)
+			res.Dropped, res.Held = dropped, max(res.Held, held)
 			if err != nil {
 				return res, err
 			}
@@ -229,7 +233,10 @@ func (s *Store) maintenanceTx(ctx context.Context, fn func(tx pgx.Tx) error) err
 			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtextextended('notifyd maintenance ' || 'notifications'::regclass::oid::text, 0))"); err != nil {
 				return err
 			}
-			if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)",
+			// The commit does not wait for its WAL flush: the lock goes as
+			// soon as the catalog work is done. A crash loses the whole
+			// transaction or nothing, and the next round does it again.
+			if _, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true), set_config('synchronous_commit', 'off', true)",
 				strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10)); err != nil {
 				return err
 			}
@@ -247,8 +254,9 @@ func (s *Store) maintenanceTx(ctx context.Context, fn func(tx pgx.Tx) error) err
 // that the plan asks for (read again under the lock) and attaches
 // notifications_future again above them, moving into the new partitions
 // any row it held below its new bound.
-func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Time, err error) {
+func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Time, held time.Duration, err error) {
 	iv, ahead := s.cfg.partitionInterval(), s.cfg.Ahead()
+	var locked time.Time
 	err = s.maintenanceTx(ctx, func(tx pgx.Tx) error {
 		created, until = nil, time.Time{}
 		parts, err := listPartitions(ctx, tx)
@@ -267,6 +275,7 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 			}
 		}
 		// From here to the commit writers wait: catalog work on empty tables.
+		locked = time.Now()
 		if _, err := tx.Exec(ctx, "ALTER TABLE notifications DETACH PARTITION "+futurePartition); err != nil {
 			return fmt.Errorf("detach %s: %w", futurePartition, err)
 		}
@@ -292,19 +301,26 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 		until = newFrom
 		return nil
 	})
-	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("make partitions ahead: %w", err)
+	if !locked.IsZero() {
+		held = time.Since(locked)
 	}
-	return created, until, nil
+	if err != nil {
+		return nil, time.Time{}, held, fmt.Errorf("make partitions ahead: %w", err)
+	}
+	return created, until, held, nil
 }
 
-// dropExpired drops, in one transaction, notifications_past and the regular
-// partitions above it that ended before the retention cutoff, and makes
-// notifications_past again, empty, up to the lowest regular bound left, so
-// that no range is ever without a partition.
-func (s *Store) dropExpired(ctx context.Context) (dropped []string, err error) {
+// dropExpired detaches, in one transaction, notifications_past and the
+// regular partitions above it that ended before the retention cutoff, and
+// attaches in their place a new, empty notifications_past up to the lowest
+// regular bound left, so that no range is ever without a partition. The
+// detached tables are dropped after the commit, without holding writers.
+func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Duration, err error) {
+	const next, old = pastPartition + "_next", pastPartition + "_old"
+	var locked time.Time
+	var detached []string
 	err = s.maintenanceTx(ctx, func(tx pgx.Tx) error {
-		dropped = nil
+		dropped, detached = nil, nil
 		parts, err := listPartitions(ctx, tx)
 		if err != nil {
 			return err
@@ -313,24 +329,43 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, err error) {
 		if len(drop) == 0 {
 			return nil
 		}
-		list := ""
-		for i, n := range drop {
-			if i > 0 {
-				list += ", "
+		// Leftovers of a round killed after its commit.
+		if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+old+", "+next); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "CREATE TABLE "+next+" (LIKE notifications INCLUDING ALL)"); err != nil {
+			return fmt.Errorf("create %s: %w", next, err)
+		}
+		locked = time.Now()
+		for _, n := range drop {
+			if _, err := tx.Exec(ctx, "ALTER TABLE notifications DETACH PARTITION "+n); err != nil {
+				return fmt.Errorf("detach %s: %w", n, err)
 			}
-			list += n
 		}
-		if _, err := tx.Exec(ctx, "DROP TABLE "+list); err != nil {
-			return fmt.Errorf("drop %s: %w", list, err)
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+pastPartition+" RENAME TO "+old); err != nil {
+			return err
 		}
-		if _, err := tx.Exec(ctx, "CREATE TABLE "+pastPartition+" PARTITION OF notifications FOR VALUES FROM (MINVALUE) TO ("+bound(pastTo)+")"); err != nil {
-			return fmt.Errorf("make %s again: %w", pastPartition, err)
+		if _, err := tx.Exec(ctx, "ALTER TABLE "+next+" RENAME TO "+pastPartition); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "ALTER TABLE notifications ATTACH PARTITION "+pastPartition+
+			" FOR VALUES FROM (MINVALUE) TO ("+bound(pastTo)+")"); err != nil {
+			return fmt.Errorf("attach the new %s: %w", pastPartition, err)
 		}
 		dropped = drop[1:]
+		detached = append([]string{old}, dropped...)
 		return nil
 	})
-	if err != nil {
-		return nil, fmt.Errorf("apply retention: %w", err)
+	if !locked.IsZero() {
+		held = time.Since(locked)
 	}
-	return dropped, nil
+	if err != nil {
+		return nil, held, fmt.Errorf("apply retention: %w", err)
+	}
+	for _, n := range detached {
+		if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+n); err != nil {
+			return dropped, held, fmt.Errorf("apply retention: drop detached %s: %w", n, err)
+		}
+	}
+	return dropped, held, nil
 }

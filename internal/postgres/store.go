@@ -42,6 +42,9 @@ type Config struct {
 	// DedupeWindow is how far apart two created_at of one id may be and
 	// still be found a duplicate; 0 means DefaultDedupeWindow.
 	DedupeWindow time.Duration
+	// Now is the clock of partition maintenance and retention; nil means
+	// time.Now.
+	Now func() time.Time
 }
 
 // Defaults of Config.
@@ -157,7 +160,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("connect to %s: %w", desc, err)
 	}
-	return &Store{pool: pool, desc: desc, cfg: cfg, now: time.Now}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{pool: pool, desc: desc, cfg: cfg, now: now}, nil
 }
 
 // String names the database without credentials, for logs.

@@ -17,6 +17,7 @@ type benchCmd struct {
 	Messages    int           `name:"messages" default:"500000" help:"Preloaded messages drained end to end."`
 	Rate        int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
 	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
+	History     int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in daily partitions) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
 	JSON        bool          `name:"json" help:"Print the result as one JSON object."`
 	logFlags
 	kafkaAuthFlags
@@ -26,11 +27,14 @@ func (c *benchCmd) Help() string {
 	return `Measures, in one run on this machine: the raw binary COPY rate of the
 benchmark's rows (the sink's limit); the drain rate and peak memory of a real
 'notifyd run' over --messages preloaded notifications with default settings;
-and end-to-end latency (record timestamp to commit) at --rate msg/s.
+and end-to-end latency (record timestamp to commit) at --rate msg/s. With
+--history N, it then loads N rows of history over 8 weeks and drains again
+into the table holding them, and times "a user's latest 20" reads.
 
 Examples:
   notifyd bench
   notifyd bench --json --messages 500000
+  notifyd bench --history 5000000
   notifyd bench --brokers kafka:9092 --database-url postgres://bench@db/bench`
 }
 
@@ -41,6 +45,9 @@ func (c *benchCmd) validate() error {
 	}
 	if c.Rate < 1 || c.Rate > 1_000_000 {
 		errs = append(errs, fmt.Errorf("--rate: must be between 1 and 1000000, got %d", c.Rate))
+	}
+	if c.History < 0 {
+		errs = append(errs, fmt.Errorf("--history: must be 0 or more rows, got %d", c.History))
 	}
 	if c.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
@@ -64,7 +71,7 @@ func (c *benchCmd) Run(ctx context.Context) error {
 	res, err := bench.Run(ctx, bench.Config{
 		Messages: c.Messages, Rate: c.Rate, Duration: c.Duration,
 		Brokers: c.Brokers, DatabaseURL: c.DatabaseURL, Executable: exe, Log: log,
-		KafkaOpts: auth, ChildArgs: childArgs, ChildEnv: childEnv,
+		KafkaOpts: auth, ChildArgs: childArgs, ChildEnv: childEnv, History: c.History,
 	})
 	if err != nil {
 		return err
@@ -89,5 +96,15 @@ func (c *benchCmd) Run(ctx context.Context) error {
 		res.LatencyOfferedRate, res.E2ELatencyMs.P50, res.E2ELatencyMs.P95, res.E2ELatencyMs.P99,
 		res.LatencyOfferedRate, res.SteadyFlushMs.P50, res.SteadyFlushMs.P95, res.SteadyFlushMs.P99,
 		res.PeakRSSMB)
+	if res.HistoryRows > 0 {
+		fmt.Printf(`  history loaded (%d rows, %d partitions) %10.0f rows/s
+  drain of %d into the table with history %7.0f msg/s  (%.2f × empty-table drain, %.2f × COPY limit)
+  batch flush with history               p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  a user's latest 20 with history        p50 %6.2f ms  p95 %6.2f ms  p99 %6.2f ms
+`, res.HistoryRows, res.HistoryPartitions, res.HistoryLoadRowsPerSec,
+			res.Messages, res.HistoryMsgsPerSec, res.HistoryRatioToEmpty, res.HistoryRatioToCopyLimit,
+			res.HistoryFlushMs.P50, res.HistoryFlushMs.P95, res.HistoryFlushMs.P99,
+			res.ReadLatest20Ms.P50, res.ReadLatest20Ms.P95, res.ReadLatest20Ms.P99)
+	}
 	return nil
 }

@@ -61,6 +61,7 @@ type kafkaFlags struct {
 type runCmd struct {
 	kafkaFlags
 	dbFlags
+	storageFlags
 	logFlags
 
 	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"${group}" help:"Consumer group."`
@@ -172,7 +173,7 @@ func (c *runCmd) validate() error {
 	if err := c.pipelineConfig().Validate(); err != nil {
 		errs = append(errs, err)
 	}
-	if err := c.config().Validate(); err != nil {
+	if err := c.with(c.config()).Validate(); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
@@ -242,7 +243,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	var v int
 	err = whileWaiting(ctx, log, "the database to answer", func(ctx context.Context) error {
 		var err error
-		if store, err = postgres.Open(ctx, c.config()); err != nil {
+		if store, err = postgres.Open(ctx, c.with(c.config())); err != nil {
 			return fmt.Errorf("--database-url: %w", err)
 		}
 		v, err = store.Migrate(ctx)
@@ -254,6 +255,9 @@ func (c *runCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return stoppedDuringStart(ctx, log, err)
 	}
+	// Partitions ahead before the first write; DDL only when due.
+	maint := postgres.NewMaintainer(store, log.With("component", "partitions"), reg)
+	maint.Once(ctx)
 	log.Info("database ready", "database", store.String(), "schema_version", v)
 
 	opts := []kgo.Opt{
@@ -302,6 +306,10 @@ func (c *runCmd) Run(ctx context.Context) error {
 	reg.MustRegister(poolStats)
 
 	g, gctx := errgroup.WithContext(ctx)
+	// Maintenance stops with the pipeline, as the HTTP server does.
+	mctx, stopMaint := context.WithCancel(gctx)
+	defer stopMaint()
+	g.Go(func() error { return maint.Run(mctx) })
 	if srv != nil {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
@@ -310,6 +318,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	g.Go(func() error { return watch.run(wctx) })
 	g.Go(func() error {
 		defer stopWatch()
+		defer stopMaint()
 		defer func() {
 			if srv != nil {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -76,6 +76,8 @@ func settingVars() kong.Vars {
 		"max_body_chars":        strconv.Itoa(notification.DefaultMaxBodyChars),
 		"max_data_bytes":        strconv.Itoa(notification.DefaultMaxDataBytes),
 		"db_max_conns":          strconv.Itoa(postgres.DefaultMaxConns),
+		"partition_interval":    postgres.DefaultPartitionInterval.String(),
+		"dedupe_window":         postgres.DefaultDedupeWindow.String(),
 		"metrics_addr":          admin.DefaultAddr,
 		// Where the commands that talk to a running `notifyd run` find its
 		// embedded broker.

@@ -57,7 +57,14 @@ type Config struct {
 	ChildArgs []string
 	ChildEnv  []string
 	Log       *slog.Logger
+	// History is how many rows of history (spread over the HistorySpan
+	// before now, in daily partitions) are loaded after the empty-table
+	// drain, before a second drain of Messages new messages; 0 skips it.
+	History int
 }
+
+// HistorySpan is how far back the history of Config.History reaches.
+const HistorySpan = 8 * 7 * 24 * time.Hour
 
 // Quantiles are latency percentiles in milliseconds.
 type Quantiles struct {
@@ -82,9 +89,21 @@ type Result struct {
 	SteadyFlushMs      Quantiles `json:"steady_flush_ms"`
 	DrainBatches       float64   `json:"drain_batches"`
 	DrainMeanBatchSize float64   `json:"drain_mean_batch_size"`
-	CPUs               int       `json:"cpus"`
-	GoVersion          string    `json:"go_version"`
-	Date               string    `json:"date"`
+
+	// With Config.History: the drain into the table holding the history,
+	// and "a user's latest 20" (postgres.LatestQuery) read from it.
+	HistoryRows             int        `json:"history_rows,omitempty"`
+	HistoryLoadRowsPerSec   float64    `json:"history_load_rows_per_sec,omitempty"`
+	HistoryMsgsPerSec       float64    `json:"history_msgs_per_sec,omitempty"`
+	HistoryRatioToEmpty     float64    `json:"history_ratio_to_empty,omitempty"`
+	HistoryRatioToCopyLimit float64    `json:"history_ratio_to_copy_limit,omitempty"`
+	HistoryFlushMs          *Quantiles `json:"history_flush_ms,omitempty"`
+	HistoryPartitions       int        `json:"history_partitions,omitempty"`
+	ReadLatest20Ms          *Quantiles `json:"read_latest20_ms,omitempty"`
+	ReadPlan                []string   `json:"read_plan,omitempty"` // EXPLAIN ANALYZE of one read
+	CPUs                    int        `json:"cpus"`
+	GoVersion               string     `json:"go_version"`
+	Date                    string     `json:"date"`
 }
 
 func (c Config) withDefaults() Config {
@@ -125,12 +144,30 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer admin.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
 	url := withSearchPath(admin.Pool().Config().ConnConfig, schema)
+	if cfg.History > 0 {
+		// Partitions from the start of the history on, as a database that
+		// has run that long has them: migrated with the clock set back, the
+		// fresh table's regular partitions start there.
+		back := time.Now().Add(-HistorySpan - 24*time.Hour)
+		early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
+		if err != nil {
+			return nil, err
+		}
+		_, err = early.Migrate(ctx)
+		early.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
 	store, err := postgres.Open(ctx, postgres.Config{URL: url})
 	if err != nil {
 		return nil, err
 	}
 	defer store.Close()
 	if _, err := store.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := store.Maintain(ctx); err != nil {
 		return nil, err
 	}
 
@@ -151,11 +188,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	if err := broker.EnsureTopics(ctx, adm, 3, drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)); err != nil {
+	topics := []string{drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)}
+	if cfg.History > 0 {
+		topics = append(topics, drainTopic+"-history", dlq.DefaultTopic(drainTopic+"-history"))
+	}
+	if err := broker.EnsureTopics(ctx, adm, 3, topics...); err != nil {
 		return nil, err
 	}
 	if len(cfg.Brokers) > 0 {
-		defer adm.DeleteTopics(context.WithoutCancel(ctx), drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)) //nolint:errcheck // best effort
+		defer adm.DeleteTopics(context.WithoutCancel(ctx), topics...) //nolint:errcheck // best effort
 	}
 
 	log.Info("measuring the COPY limit", "rows", cfg.Messages)
@@ -165,16 +206,24 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 
 	log.Info("preloading", "messages", cfg.Messages, "topic", drainTopic)
-	if err := preload(ctx, cl, drainTopic, cfg.Messages); err != nil {
+	if err := preload(ctx, cl, drainTopic, 1, cfg.Messages); err != nil {
 		return nil, fmt.Errorf("preload: %w", err)
 	}
 
 	log.Info("draining with notifyd run", "executable", cfg.Executable)
-	if err := drain(ctx, cfg, res, brokers, url, drainTopic, store); err != nil {
+	d, err := drain(ctx, cfg, brokers, url, drainTopic, store)
+	if err != nil {
 		return nil, fmt.Errorf("drain: %w", err)
 	}
+	res.Seconds, res.PeakRSSMB, res.FlushMs, res.DrainBatches, res.DrainMeanBatchSize = d.seconds, d.peakRSSMB, d.flush, d.batches, d.meanBatch
 	res.MsgsPerSec = float64(cfg.Messages) / res.Seconds
 	res.RatioToCopyLimit = res.MsgsPerSec / res.CopyLimitRowsPerSec
+
+	if cfg.History > 0 {
+		if err := history(ctx, cfg, res, cl, brokers, url, drainTopic+"-history", store); err != nil {
+			return nil, fmt.Errorf("history: %w", err)
+		}
+	}
 
 	log.Info("measuring latency", "rate", cfg.Rate, "duration", cfg.Duration)
 	// The latency phase's producer sends each record at once (no linger),
@@ -266,8 +315,8 @@ func copyLimit(ctx context.Context, store *postgres.Store, n int) (float64, erro
 	return float64(n) / spent.Seconds(), nil
 }
 
-func preload(ctx context.Context, cl *kgo.Client, topic string, n int) error {
-	gen := loadgen.New(1, 0)
+func preload(ctx context.Context, cl *kgo.Client, topic string, seed uint64, n int) error {
+	gen := loadgen.New(seed, 0)
 	var firstErr error
 	for i := 0; i < n; i++ {
 		v, _ := gen.Next()
@@ -283,12 +332,23 @@ func preload(ctx context.Context, cl *kgo.Client, topic string, n int) error {
 	return firstErr
 }
 
+// drained is what one drain measured.
+type drained struct {
+	seconds, peakRSSMB, batches, meanBatch float64
+	flush                                  Quantiles
+}
+
 // drain runs `notifyd run` over the preloaded topic with default settings
 // and times it until every message is stored.
-func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, topic string, store *postgres.Store) error {
+func drain(ctx context.Context, cfg Config, brokers []string, url, topic string, store *postgres.Store) (drained, error) {
+	var d drained
+	var before int
+	if err := store.Pool().QueryRow(ctx, "SELECT count(*) FROM notifications").Scan(&before); err != nil {
+		return d, err
+	}
 	metricsAddr, err := freeAddr()
 	if err != nil {
-		return err
+		return d, err
 	}
 	args := append([]string{"run",
 		"--brokers", strings.Join(brokers, ","), "--topic", topic, "--group", "bench",
@@ -298,7 +358,7 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return err
+		return d, err
 	}
 	// One goroutine waits for the child; everyone else learns that it
 	// exited from exited being closed, and reads waitErr only after that.
@@ -321,44 +381,44 @@ func drain(ctx context.Context, cfg Config, res *Result, brokers []string, url, 
 		err := store.Pool().QueryRow(ctx,
 			"SELECT coalesce(sum(next_offset), 0) FROM notifyd_offsets WHERE topic = $1 AND next_offset > 0", topic).Scan(&got)
 		if err != nil {
-			return err
+			return d, err
 		}
 		if got >= want {
 			break
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("notifyd run exited early: %v", waitErr)
+			return d, fmt.Errorf("notifyd run exited early: %v", waitErr)
 		case <-ctx.Done():
-			return ctx.Err()
+			return d, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	res.Seconds = time.Since(start).Seconds()
-	res.PeakRSSMB, err = peakRSSMB(cmd.Process.Pid)
+	d.seconds = time.Since(start).Seconds()
+	d.peakRSSMB, err = peakRSSMB(cmd.Process.Pid)
 	if err != nil {
-		return err
+		return d, err
 	}
-	if err := scrapeFlush(ctx, metricsAddr, res); err != nil {
-		return err
+	if err := scrapeFlush(ctx, metricsAddr, &d); err != nil {
+		return d, err
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-exited:
 		if waitErr != nil {
-			return fmt.Errorf("notifyd run did not stop cleanly: %w", waitErr)
+			return d, fmt.Errorf("notifyd run did not stop cleanly: %w", waitErr)
 		}
 	case <-time.After(60 * time.Second):
-		return errors.New("notifyd run did not stop within 60s of SIGTERM")
+		return d, errors.New("notifyd run did not stop within 60s of SIGTERM")
 	}
 	var rows int
 	if err := store.Pool().QueryRow(ctx, "SELECT count(*) FROM notifications").Scan(&rows); err != nil {
-		return err
+		return d, err
 	}
-	if rows != cfg.Messages {
-		return fmt.Errorf("table holds %d rows after the drain, want %d", rows, cfg.Messages)
+	if rows-before != cfg.Messages {
+		return d, fmt.Errorf("the drain added %d rows to the table, want %d", rows-before, cfg.Messages)
 	}
-	return nil
+	return d, nil
 }
 
 func freeAddr() (string, error) {
@@ -392,7 +452,7 @@ func peakRSSMB(pid int) (float64, error) {
 
 // scrapeFlush reads the flush-duration histogram of the drain process and
 // interpolates its quantiles.
-func scrapeFlush(ctx context.Context, addr string, res *Result) error {
+func scrapeFlush(ctx context.Context, addr string, res *drained) error {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -413,13 +473,13 @@ func scrapeFlush(ctx context.Context, addr string, res *Result) error {
 			counts = append(counts, b.GetCumulativeCount())
 		}
 		q := func(p float64) float64 { return 1000 * histQuantile(p, bounds, counts, h.GetSampleCount()) }
-		res.FlushMs = Quantiles{P50: q(0.50), P95: q(0.95), P99: q(0.99)}
-		res.DrainBatches = float64(h.GetSampleCount())
+		res.flush = Quantiles{P50: q(0.50), P95: q(0.95), P99: q(0.99)}
+		res.batches = float64(h.GetSampleCount())
 	}
 	if mf := mfs["notifyd_batch_size"]; mf != nil && len(mf.GetMetric()) > 0 {
 		h := mf.GetMetric()[0].GetHistogram()
 		if h.GetSampleCount() > 0 {
-			res.DrainMeanBatchSize = h.GetSampleSum() / float64(h.GetSampleCount())
+			res.meanBatch = h.GetSampleSum() / float64(h.GetSampleCount())
 		}
 	}
 	return nil

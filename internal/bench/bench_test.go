@@ -122,7 +122,7 @@ func TestDrainStopsTheChild(t *testing.T) {
 	t.Run("gives up", func(t *testing.T) {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		err := drain(dctx, Config{Messages: 10, Executable: bin}, &Result{}, c.ListenAddrs(), url, "bench-never-filled", store)
+		_, err := drain(dctx, Config{Messages: 10, Executable: bin}, c.ListenAddrs(), url, "bench-never-filled", store)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v, want the context's deadline", err)
 		}
@@ -130,8 +130,8 @@ func TestDrainStopsTheChild(t *testing.T) {
 	t.Run("child exits", func(t *testing.T) {
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
-		err := drain(dctx, Config{Messages: 10, Executable: bin, ChildArgs: []string{"--no-such-flag"}},
-			&Result{}, c.ListenAddrs(), url, "bench-never-filled", store)
+		_, err := drain(dctx, Config{Messages: 10, Executable: bin, ChildArgs: []string{"--no-such-flag"}},
+			c.ListenAddrs(), url, "bench-never-filled", store)
 		if err == nil || !strings.Contains(err.Error(), "exited early: exit status") {
 			t.Fatalf("got %v, want notifyd run exited early with its exit status", err)
 		}

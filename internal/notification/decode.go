@@ -72,11 +72,11 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 	var n Notification
 	texts := s.texts(m)
 
-	id, ok, err := s.stringField(m, &texts, fieldID, false)
+	id, idSent, err := s.stringField(m, &texts, fieldID, false)
 	if err != nil {
 		return n, err
 	}
-	if ok {
+	if idSent {
 		if n.ID, err = parseUUID(fieldID, id); err != nil {
 			return n, err
 		}
@@ -133,6 +133,7 @@ func (s *scanner) build(m *[numFields]member, src Source, lim Limits) (Notificat
 		n.CreatedAt = t
 	} else {
 		n.CreatedAt = src.Timestamp
+		n.CreatedAtMayDiffer = idSent
 	}
 	n.CreatedAt = n.CreatedAt.UTC().Truncate(time.Microsecond)
 

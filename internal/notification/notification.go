@@ -46,6 +46,12 @@ type Notification struct {
 	// microseconds, so finer digits could not be stored anyway, and rejecting
 	// messages from producers that send nanoseconds would help nobody.
 	CreatedAt time.Time
+	// CreatedAtMayDiffer is true when the message sent its id but not its
+	// created_at, which is then the record's timestamp: a copy the producer
+	// sends again is a new record, with another timestamp. Only such rows
+	// need looking for within the dedupe window; a derived id, or an id sent
+	// with its created_at, comes back with the same created_at.
+	CreatedAtMayDiffer bool
 }
 
 // Source is where a message came from: the Kafka record that carried it.

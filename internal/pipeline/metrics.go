@@ -10,6 +10,7 @@ type metrics struct {
 	consumed       prometheus.Counter
 	stored         prometheus.Counter
 	duplicates     prometheus.Counter
+	expired        prometheus.Counter
 	deadLetters    *prometheus.CounterVec
 	retries        *prometheus.CounterVec
 	writes         *prometheus.CounterVec
@@ -39,6 +40,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		duplicates: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notifyd_duplicates_skipped_total", Help: "Valid messages skipped because their id was already stored.",
+		}),
+		expired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_expired_skipped_total", Help: "Valid messages not stored because they were already older than --retention.",
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notifyd_dead_letters_total", Help: "Messages sent to the dead-letter topic, by class (decode, validate, store).",
@@ -83,7 +87,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "notifyd_stored_offset", Help: "Next offset to read of each held partition, as committed in the database.",
 		}, []string{"partition"}),
 	}
-	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.deadLetters, m.retries,
+	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.expired, m.deadLetters, m.retries,
 		m.writes, m.fenced, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
 		m.bufferedBytes, m.assigned, m.storedPosition, m.lag} {
 		f(c)

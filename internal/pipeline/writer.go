@@ -201,6 +201,7 @@ func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result,
 	p.nDead.Add(int64(len(b.dead) + res.Rejected))
 	p.nDup.Add(int64(res.Duplicates))
 	p.m.duplicates.Add(float64(res.Duplicates))
+	p.m.expired.Add(float64(res.Expired))
 	for class, n := range b.classes {
 		p.m.deadLetters.WithLabelValues(string(class)).Add(float64(n))
 	}
@@ -218,7 +219,7 @@ func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result,
 		p.log.Warn("rows refused by the database were dead-lettered", "rejected", res.Rejected, "stored", res.Inserted, "statements", res.Statements)
 	}
 	p.log.Debug("batch committed", "messages", len(b.stamps), "stored", res.Inserted, "duplicates", res.Duplicates,
-		"dead_letters", len(b.dead)+res.Rejected, "took", took, "trigger", b.trigger)
+		"expired", res.Expired, "dead_letters", len(b.dead)+res.Rejected, "took", took, "trigger", b.trigger)
 	p.commitKafka(ctx, pos, false)
 	if p.cfg.OnCommit != nil {
 		p.cfg.OnCommit(b.stamps, took)

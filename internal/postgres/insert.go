@@ -2,12 +2,18 @@ package postgres
 
 import (
 	"context"
+	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/notifyd/notifyd/internal/notification"
 )
+
+// The primary key of notifications is (id, created_at): ON CONFLICT and the
+// COPY path's unique violation catch a duplicate with the same created_at
+// (a producer's retry, a redelivery), and screen catches the others.
 
 // insertSQL inserts a whole batch as one statement of column arrays: one
 // round trip, binary parameters, and ON CONFLICT for duplicates by id.
@@ -27,7 +33,7 @@ import (
 const insertSQL = `
 INSERT INTO notifications (id, user_id, event_type, title, body, data, created_at)
 SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]), unnest($5::text[]), unnest($6::jsonb[]), unnest($7::timestamptz[])
-ON CONFLICT (id) DO NOTHING`
+ON CONFLICT DO NOTHING`
 
 // insertRows inserts rows and returns how many were new. The parameter
 // types are the ones pgx encodes fastest: uuid.UUID would go through its
@@ -77,4 +83,133 @@ func copyRows(ctx context.Context, q pgx.Tx, rows []notification.Notification) (
 		return vals, nil
 	})
 	return q.CopyFrom(ctx, pgx.Identifier{"notifications"}, columns, src)
+}
+
+// windowProbeSQL finds the rows of a batch whose id is already stored with
+// a different created_at no further away than the window: through the
+// primary-key index of each partition the window reaches.
+const windowProbeSQL = `
+SELECT id, created_at FROM notifications
+WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
+
+// screenWindow marks in drop the rows that may carry another created_at
+// than an earlier copy (CreatedAtMayDiffer) and whose id is stored, or
+// earlier in the batch, within the dedupe window. A batch without such rows
+// costs nothing.
+func (s *Store) screenWindow(ctx context.Context, rows []notification.Notification, drop map[int]bool, out *screened) error {
+	var ids [][16]byte
+	var lo, hi time.Time
+	for i := range rows {
+		if r := &rows[i]; r.CreatedAtMayDiffer && !drop[i] {
+			if len(ids) == 0 {
+				lo, hi = r.CreatedAt, r.CreatedAt
+			}
+			ids = append(ids, r.ID)
+			lo, hi = minTime(lo, r.CreatedAt), maxTime(hi, r.CreatedAt)
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	w := s.cfg.dedupeWindow()
+	within := func(a, b time.Time) bool { d := a.Sub(b); return d <= w && d >= -w }
+	dbRows, err := s.pool.Query(ctx, windowProbeSQL, ids, lo.Add(-w), hi.Add(w))
+	if err != nil {
+		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
+	}
+	// earlier holds the created_at of the copies of each id that come
+	// first: stored, then kept in this batch.
+	earlier := make(map[[16]byte][]time.Time)
+	var id [16]byte
+	var c time.Time
+	_, err = pgx.ForEachRow(dbRows, []any{&id, &c}, func() error {
+		earlier[id] = append(earlier[id], c)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
+	}
+	for i := range rows {
+		r := &rows[i]
+		if drop[i] {
+			continue
+		}
+		if r.CreatedAtMayDiffer {
+			for _, c := range earlier[r.ID] {
+				// The same created_at is left to the primary key, which counts it.
+				if !c.Equal(r.CreatedAt) && within(c, r.CreatedAt) {
+					drop[i] = true
+					out.windowed++
+					break
+				}
+			}
+		}
+		if !drop[i] {
+			earlier[r.ID] = append(earlier[r.ID], r.CreatedAt)
+		}
+	}
+	return nil
+}
+
+// screened is a batch's rows less those screen took out.
+type screened struct {
+	rows     []notification.Notification
+	orig     []int // index in the batch of each kept row; nil when all were kept
+	expired  int   // older than the retention
+	windowed int   // duplicates of another created_at within the dedupe window
+}
+
+// screen takes out of rows the ones older than the retention (not stored,
+// not an error) and the ones whose id is already stored, or earlier in the
+// batch, with another created_at within the dedupe window. It reads only
+// committed rows: two writers inserting one id with two created_at at the
+// same moment may both succeed.
+func (s *Store) screen(ctx context.Context, rows []notification.Notification) (screened, error) {
+	out := screened{rows: rows}
+	drop := make(map[int]bool)
+	if s.cfg.Retention > 0 {
+		cutoff := s.now().Add(-s.cfg.Retention)
+		for i := range rows {
+			if rows[i].CreatedAt.Before(cutoff) {
+				drop[i] = true
+				out.expired++
+			}
+		}
+	}
+	if err := s.screenWindow(ctx, rows, drop, &out); err != nil {
+		return out, err
+	}
+	if len(drop) == 0 {
+		return out, nil
+	}
+	out.rows = make([]notification.Notification, 0, len(rows)-len(drop))
+	out.orig = make([]int, 0, len(rows)-len(drop))
+	for i := range rows {
+		if !drop[i] {
+			out.rows = append(out.rows, rows[i])
+			out.orig = append(out.orig, i)
+		}
+	}
+	return out, nil
+}
+
+// LatestQuery is "a user's latest notifications" as the user-facing service
+// should ask it ($1 the user, $2 how many): it reads the partitions newest
+// first through notifications_user_latest and stops once it has $2 rows
+// (docs/architecture.md, "Reads").
+const LatestQuery = `SELECT id, event_type, title, body, data, created_at FROM notifications
+WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2`
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

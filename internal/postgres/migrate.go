@@ -3,26 +3,38 @@ package postgres
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 //go:embed migrations/*.sql
 var migrationFiles embed.FS
 
-// migrationLock is the advisory lock key that serialises migrations when
-// several instances start at once ("notifyd" in ASCII).
+// migrationLock seeds the advisory lock key that serialises migrations of
+// one schema when several instances start at once ("notifyd" in ASCII).
 const migrationLock = 0x6e6f7469667964
 
 type migration struct {
 	version int
 	name    string
 	sql     string
+}
+
+// preSteps are the parts of a migration that cannot run in a transaction
+// (CREATE INDEX CONCURRENTLY), run before that version's .sql file, outside
+// a transaction. Each must be idempotent: a run killed halfway is run again.
+var preSteps = map[int]func(ctx context.Context, conn *pgxpool.Conn) error{
+	2: preparePartitioning,
 }
 
 func migrations() ([]migration, error) {
@@ -57,24 +69,74 @@ func LatestVersion() int {
 	return ms[len(ms)-1].version
 }
 
+// SchemaVersion reads the version of the database's schema, 0 when notifyd
+// has never migrated it. It needs only SELECT.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var exists bool
+	if err := s.pool.QueryRow(ctx, "SELECT to_regclass('notifyd_schema_version') IS NOT NULL").Scan(&exists); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	if !exists {
+		return 0, nil
+	}
+	var v int
+	if err := s.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM notifyd_schema_version").Scan(&v); err != nil {
+		return 0, fmt.Errorf("read schema version: %w", err)
+	}
+	return v, nil
+}
+
 // Migrate brings the schema to the latest version, each migration in its own
 // transaction, and returns the version reached. Concurrent callers wait for
-// each other on an advisory lock, so several instances may start at once.
+// each other on an advisory lock, so several instances may start at once. A
+// schema already current costs one read and no DDL, so a role without DDL
+// privilege may call it.
 func (s *Store) Migrate(ctx context.Context) (int, error) {
 	ms, err := migrations()
 	if err != nil {
 		return 0, err
 	}
+	latest := ms[len(ms)-1].version
+	current, err := s.SchemaVersion(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	if current > latest {
+		return current, fmt.Errorf("migrate: database schema is at version %d, newer than this notifyd (%d): upgrade notifyd", current, latest)
+	}
+	if current == latest {
+		return current, nil
+	}
+
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("migrate: %w", err)
 	}
 	defer conn.Release()
 
-	if _, err := conn.Exec(ctx, "SELECT pg_advisory_lock($1)", migrationLock); err != nil {
+	// The lock is the schema's. It is polled, not waited for in a
+	// statement: CREATE INDEX CONCURRENTLY in the holder's pre-step waits
+	// for every running statement, a waiting pg_advisory_lock included,
+	// which would deadlock.
+	var key int64
+	if err := conn.QueryRow(ctx, "SELECT hashtextextended('notifyd migrate ' || current_schema(), $1)", migrationLock).Scan(&key); err != nil {
 		return 0, fmt.Errorf("migrate: take lock: %w", err)
 	}
-	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", migrationLock) //nolint:errcheck // released with the session anyway
+	for {
+		var got bool
+		if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock($1)", key).Scan(&got); err != nil {
+			return 0, fmt.Errorf("migrate: take lock: %w", err)
+		}
+		if got {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("migrate: wait for another migration: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", key) //nolint:errcheck // released with the session anyway
 
 	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS notifyd_schema_version (
 		version    integer     PRIMARY KEY,
@@ -82,23 +144,37 @@ func (s *Store) Migrate(ctx context.Context) (int, error) {
 		applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
 		return 0, fmt.Errorf("migrate: create version table: %w", err)
 	}
-	var current int
 	if err := conn.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM notifyd_schema_version").Scan(&current); err != nil {
 		return 0, fmt.Errorf("migrate: read version: %w", err)
 	}
-	if latest := ms[len(ms)-1].version; current > latest {
+	if current > latest {
 		return current, fmt.Errorf("migrate: database schema is at version %d, newer than this notifyd (%d): upgrade notifyd", current, latest)
 	}
+	interval := strconv.FormatInt(int64(s.cfg.partitionInterval()/time.Second), 10)
 	for _, m := range ms {
 		if m.version <= current {
 			continue
 		}
-		err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-			if _, err := tx.Exec(ctx, m.sql); err != nil {
-				return err
+		if pre := preSteps[m.version]; pre != nil {
+			if err := pre(ctx, conn); err != nil {
+				return current, fmt.Errorf("migrate: prepare %s: %w", m.name, err)
 			}
-			_, err := tx.Exec(ctx, "INSERT INTO notifyd_schema_version (version, name) VALUES ($1, $2)", m.version, m.name)
-			return err
+		}
+		err := retryLockTimeout(ctx, migrationLockTimeout, func() error {
+			return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+				// A migration waiting for a table lock holds every writer
+				// queued behind it: the wait is bounded and tried again.
+				if _, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true), set_config('notifyd.partition_interval', $2, true),
+					        set_config('notifyd.now', $3, true)`,
+					strconv.FormatInt(migrationLockTimeout.Milliseconds(), 10), interval, s.now().UTC().Format(time.RFC3339Nano)); err != nil {
+					return err
+				}
+				if _, err := tx.Exec(ctx, m.sql); err != nil {
+					return err
+				}
+				_, err := tx.Exec(ctx, "INSERT INTO notifyd_schema_version (version, name) VALUES ($1, $2)", m.version, m.name)
+				return err
+			})
 		})
 		if err != nil {
 			return current, fmt.Errorf("migrate: apply %s: %w", m.name, err)
@@ -106,4 +182,84 @@ func (s *Store) Migrate(ctx context.Context) (int, error) {
 		current = m.version
 	}
 	return current, nil
+}
+
+// migrationLockTimeout bounds how long a migration waits for a table lock
+// (and so how long it queues writers) before it rolls back and tries again.
+const migrationLockTimeout = time.Second
+
+// lockAttempts is how many times a transaction refused for a lock timeout is
+// tried in all.
+const lockAttempts = 40
+
+// retryLockTimeout runs fn until it does not fail for a lock timeout
+// (SQLSTATE 55P03), at most lockAttempts times, pausing a jittered 1–5
+// lock timeouts between attempts so that the writers queued behind each
+// attempt get through.
+func retryLockTimeout(ctx context.Context, timeout time.Duration, fn func() error) error {
+	var err error
+	for range lockAttempts {
+		err = fn()
+		if !isLockTimeout(err) {
+			return err
+		}
+		pause := timeout + time.Duration(rand.Int64N(int64(4*timeout)))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+	}
+	return fmt.Errorf("gave up after %d lock timeouts: %w", lockAttempts, err)
+}
+
+func isLockTimeout(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && pe.Code == "55P03"
+}
+
+// preparePartitioning builds, without blocking writers, the indexes the
+// switch of migration 0002 needs on the schema-1 table: its future primary
+// key (id, created_at), and an index on created_at that finds the rows it
+// must move. An index left invalid by a killed run is dropped and built
+// again. An empty table gets them the quick way.
+func preparePartitioning(ctx context.Context, conn *pgxpool.Conn) error {
+	var kind string
+	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
+	if errors.Is(err, pgx.ErrNoRows) || kind != "r" {
+		return nil // already partitioned, or no table: 0002 knows what to do
+	}
+	if err != nil {
+		return err
+	}
+	var empty bool
+	if err := conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM notifications)").Scan(&empty); err != nil {
+		return err
+	}
+	how := "CONCURRENTLY"
+	if empty {
+		how = ""
+	}
+	for _, ix := range []struct{ name, def string }{
+		{"notifications_past_id_created_at", "UNIQUE INDEX %s notifications_past_id_created_at ON notifications (id, created_at)"},
+		{"notifications_upgrade_created_at", "INDEX %s notifications_upgrade_created_at ON notifications (created_at)"},
+	} {
+		var valid *bool
+		err := conn.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", ix.name).Scan(&valid)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+		case err != nil:
+			return err
+		case *valid:
+			continue
+		default:
+			if _, err := conn.Exec(ctx, "DROP INDEX "+how+" "+ix.name); err != nil {
+				return fmt.Errorf("drop invalid index %s: %w", ix.name, err)
+			}
+		}
+		if _, err := conn.Exec(ctx, "CREATE "+fmt.Sprintf(ix.def, how)); err != nil {
+			return fmt.Errorf("build index %s: %w", ix.name, err)
+		}
+	}
+	return nil
 }

@@ -32,6 +32,39 @@ type Config struct {
 	URL string
 	// MaxConns bounds the pool; 0 means DefaultMaxConns.
 	MaxConns int32
+	// PartitionInterval is the time range of one partition of
+	// notifications; 0 means DefaultPartitionInterval. At least an hour,
+	// in whole minutes.
+	PartitionInterval time.Duration
+	// Retention is how long rows are kept: partitions older than it are
+	// dropped and messages older than it skipped. 0 keeps everything.
+	Retention time.Duration
+	// DedupeWindow is how far apart two created_at of one id may be and
+	// still be found a duplicate; 0 means DefaultDedupeWindow.
+	DedupeWindow time.Duration
+	// Now is the clock of partition maintenance and retention; nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// Defaults of Config.
+const (
+	DefaultPartitionInterval = 24 * time.Hour
+	DefaultDedupeWindow      = 168 * time.Hour
+)
+
+func (c Config) partitionInterval() time.Duration {
+	if c.PartitionInterval == 0 {
+		return DefaultPartitionInterval
+	}
+	return c.PartitionInterval
+}
+
+func (c Config) dedupeWindow() time.Duration {
+	if c.DedupeWindow == 0 {
+		return DefaultDedupeWindow
+	}
+	return c.DedupeWindow
 }
 
 // Validate reports every setting that cannot work, naming it by its
@@ -41,6 +74,7 @@ func (c Config) Validate() error {
 	if c.MaxConns < 0 {
 		errs = append(errs, fmt.Errorf("--db-max-conns: must be at least 1, got %d", c.MaxConns))
 	}
+	errs = append(errs, c.validateStorage()...)
 	if _, err := c.poolConfig(); err != nil {
 		errs = append(errs, err)
 	}
@@ -113,6 +147,8 @@ func describe(pc *pgxpool.Config) string {
 type Store struct {
 	pool *pgxpool.Pool
 	desc string
+	cfg  Config
+	now  func() time.Time
 	// upsertOnly counts down the writes that skip the COPY path after a
 	// batch held a duplicate id, so that a stream full of duplicates does
 	// not pay for a refused COPY on every write.
@@ -121,6 +157,9 @@ type Store struct {
 
 // Open connects a pool and checks that the server answers.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if err := errors.Join(cfg.validateStorage()...); err != nil {
+		return nil, err
+	}
 	pc, err := cfg.poolConfig()
 	if err != nil {
 		return nil, err
@@ -136,7 +175,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("connect to %s: %w", desc, err)
 	}
-	return &Store{pool: pool, desc: desc}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{pool: pool, desc: desc, cfg: cfg, now: now}, nil
 }
 
 // String names the database without credentials, for logs.
@@ -216,6 +259,9 @@ type Result struct {
 	Duplicates int // rows skipped because their id was already stored
 	Rejected   int // rows dead-lettered by the reject callback
 	Statements int // insert statements run, including isolation of bad rows
+	// Expired counts valid rows not stored because they were older than the
+	// retention: neither rows nor dead letters.
+	Expired int
 }
 
 // FencedError reports partitions whose stored position was not the one the
@@ -236,6 +282,28 @@ func (e *FencedError) Error() string {
 // or fail), and commits the rest. A range whose stored position is not its
 // From fails the whole write with *FencedError.
 func (s *Store) Write(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
+	sc, err := s.screen(ctx, b.Rows)
+	if err != nil {
+		return Result{}, err
+	}
+	if sc.orig != nil {
+		// The rest of the write sees only the rows to insert; rejected
+		// rows are reported by their index in the caller's batch.
+		b = &Batch{Group: b.Group, Topic: b.Topic, Ranges: b.Ranges, Rows: sc.rows}
+		next := reject
+		reject = func(ctx context.Context, rej []Rejected) error {
+			for i := range rej {
+				rej[i].Index = sc.orig[rej[i].Index]
+			}
+			return next(ctx, rej)
+		}
+	}
+	res, err := s.writeRows(ctx, b, reject)
+	res.Expired, res.Duplicates = sc.expired, res.Duplicates+sc.windowed
+	return res, err
+}
+
+func (s *Store) writeRows(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
 	m := modeUpsert
 	if len(b.Rows) >= copyMinRows && s.upsertOnly.Load() <= 0 {
 		m = modeCopy

@@ -33,8 +33,8 @@ type migration struct {
 // preSteps are the parts of a migration that cannot run in a transaction
 // (CREATE INDEX CONCURRENTLY), run before that version's .sql file, outside
 // a transaction. Each must be idempotent: a run killed halfway is run again.
-var preSteps = map[int]func(ctx context.Context, conn *pgxpool.Conn) error{
-	2: preparePartitioning,
+var preSteps = map[int]func(s *Store, ctx context.Context, conn *pgxpool.Conn) error{
+	2: (*Store).preparePartitioning,
 }
 
 func migrations() ([]migration, error) {
@@ -156,7 +156,7 @@ func (s *Store) Migrate(ctx context.Context) (int, error) {
 			continue
 		}
 		if pre := preSteps[m.version]; pre != nil {
-			if err := pre(ctx, conn); err != nil {
+			if err := pre(s, ctx, conn); err != nil {
 				return current, fmt.Errorf("migrate: prepare %s: %w", m.name, err)
 			}
 		}
@@ -218,12 +218,17 @@ func isLockTimeout(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "55P03"
 }
 
+// smallTableBytes is the size under which preparePartitioning builds its
+// indexes without CONCURRENTLY: about 50,000 rows, indexed in well under a
+// second.
+const smallTableBytes = 16 << 20
+
 // preparePartitioning builds, without blocking writers, the indexes the
 // switch of migration 0002 needs on the schema-1 table: its future primary
 // key (id, created_at), and an index on created_at that finds the rows it
 // must move. An index left invalid by a killed run is dropped and built
-// again. An empty table gets them the quick way.
-func preparePartitioning(ctx context.Context, conn *pgxpool.Conn) error {
+// again. A small table gets them the quick way.
+func (s *Store) preparePartitioning(ctx context.Context, conn *pgxpool.Conn) error {
 	var kind string
 	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
 	if errors.Is(err, pgx.ErrNoRows) || kind != "r" {
@@ -232,12 +237,15 @@ func preparePartitioning(ctx context.Context, conn *pgxpool.Conn) error {
 	if err != nil {
 		return err
 	}
-	var empty bool
-	if err := conn.QueryRow(ctx, "SELECT NOT EXISTS (SELECT FROM notifications)").Scan(&empty); err != nil {
+	// CONCURRENTLY waits for every older transaction of the database, of
+	// any table; a small table is indexed at once instead, holding its
+	// writers for a moment.
+	var small bool
+	if err := conn.QueryRow(ctx, "SELECT pg_total_relation_size('notifications') < $1", s.smallTable).Scan(&small); err != nil {
 		return err
 	}
 	how := "CONCURRENTLY"
-	if empty {
+	if small {
 		how = ""
 	}
 	for _, ix := range []struct{ name, def string }{

@@ -149,6 +149,9 @@ type Store struct {
 	desc string
 	cfg  Config
 	now  func() time.Time
+	// smallTable is the size below which migration 0002 indexes the
+	// schema-1 table without CONCURRENTLY (smallTableBytes; tests lower it).
+	smallTable int64
 	// upsertOnly counts down the writes that skip the COPY path after a
 	// batch held a duplicate id, so that a stream full of duplicates does
 	// not pay for a refused COPY on every write.
@@ -179,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{pool: pool, desc: desc, cfg: cfg, now: now}, nil
+	return &Store{pool: pool, desc: desc, cfg: cfg, now: now, smallTable: smallTableBytes}, nil
 }
 
 // String names the database without credentials, for logs.

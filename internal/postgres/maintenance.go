@@ -41,6 +41,10 @@ func NewMaintainer(store *Store, log *slog.Logger, reg prometheus.Registerer) *M
 		}, []string{"reason"}),
 		warned: make(map[string]time.Time),
 	}
+	// Both series exist from the start, so that an alert or a test can
+	// tell "no failure" from "no such metric".
+	m.failures.WithLabelValues("privilege")
+	m.failures.WithLabelValues("error")
 	reg.MustRegister(m.ahead, m.failures)
 	return m
 }

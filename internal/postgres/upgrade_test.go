@@ -299,13 +299,21 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			m := mf.GetMetric()[0]
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
 		}
+		// The sum over the label values: a counter by reason counts every
+		// reason's failures.
+		var sum float64
+		for _, m := range mf.GetMetric() {
+			if m.GetCounter() != nil {
+				sum += m.GetCounter().GetValue()
+			} else {
+				sum += m.GetGauge().GetValue()
+			}
+		}
+		return sum
 	}
+	t.Fatalf("metric %s: no such series", name)
 	return 0
 }

@@ -274,26 +274,21 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 				return fmt.Errorf("create partition %s: %w", partitionName(r[0]), err)
 			}
 		}
-		// From here to the commit writers wait: catalog work on empty tables.
-		locked = time.Now()
-		if _, err := tx.Exec(ctx, "ALTER TABLE notifications DETACH PARTITION "+futurePartition); err != nil {
-			return fmt.Errorf("detach %s: %w", futurePartition, err)
-		}
-		for _, r := range plan {
-			if _, err := tx.Exec(ctx, "ALTER TABLE notifications ATTACH PARTITION "+partitionName(r[0])+
-				" FOR VALUES FROM ("+bound(r[0])+") TO ("+bound(r[1])+")"); err != nil {
-				return fmt.Errorf("attach partition %s: %w", partitionName(r[0]), err)
-			}
-		}
+		// From here to the commit writers wait: catalog work on empty
+		// tables, sent as one round trip so that the wait does not include
+		// this process's scheduling between statements.
 		newFrom := plan[len(plan)-1][1]
-		if _, err := tx.Exec(ctx, `
-			WITH moved AS (DELETE FROM `+futurePartition+` WHERE created_at < $1 RETURNING *)
-			INSERT INTO notifications SELECT * FROM moved`, newFrom); err != nil {
-			return fmt.Errorf("move rows out of %s: %w", futurePartition, err)
+		q := "ALTER TABLE notifications DETACH PARTITION " + futurePartition + ";\n"
+		for _, r := range plan {
+			q += "ALTER TABLE notifications ATTACH PARTITION " + partitionName(r[0]) +
+				" FOR VALUES FROM (" + bound(r[0]) + ") TO (" + bound(r[1]) + ");\n"
 		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE notifications ATTACH PARTITION "+futurePartition+
-			" FOR VALUES FROM ("+bound(newFrom)+") TO (MAXVALUE)"); err != nil {
-			return fmt.Errorf("attach %s: %w", futurePartition, err)
+		q += "WITH moved AS (DELETE FROM " + futurePartition + " WHERE created_at < " + bound(newFrom) + " RETURNING *)\n" +
+			"INSERT INTO notifications SELECT * FROM moved;\n" +
+			"ALTER TABLE notifications ATTACH PARTITION " + futurePartition + " FOR VALUES FROM (" + bound(newFrom) + ") TO (MAXVALUE)"
+		locked = time.Now()
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("split %s: %w", futurePartition, err)
 		}
 		for _, r := range plan {
 			created = append(created, partitionName(r[0]))
@@ -336,21 +331,17 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Du
 		if _, err := tx.Exec(ctx, "CREATE TABLE "+next+" (LIKE notifications INCLUDING ALL)"); err != nil {
 			return fmt.Errorf("create %s: %w", next, err)
 		}
-		locked = time.Now()
+		q := ""
 		for _, n := range drop {
-			if _, err := tx.Exec(ctx, "ALTER TABLE notifications DETACH PARTITION "+n); err != nil {
-				return fmt.Errorf("detach %s: %w", n, err)
-			}
+			q += "ALTER TABLE notifications DETACH PARTITION " + n + ";\n"
 		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+pastPartition+" RENAME TO "+old); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE "+next+" RENAME TO "+pastPartition); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, "ALTER TABLE notifications ATTACH PARTITION "+pastPartition+
-			" FOR VALUES FROM (MINVALUE) TO ("+bound(pastTo)+")"); err != nil {
-			return fmt.Errorf("attach the new %s: %w", pastPartition, err)
+		q += "ALTER TABLE " + pastPartition + " RENAME TO " + old + ";\n" +
+			"ALTER TABLE " + next + " RENAME TO " + pastPartition + ";\n" +
+			"ALTER TABLE notifications ATTACH PARTITION " + pastPartition + " FOR VALUES FROM (MINVALUE) TO (" + bound(pastTo) + ")"
+		// One round trip, as in makeAhead.
+		locked = time.Now()
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return fmt.Errorf("swap %s: %w", pastPartition, err)
 		}
 		dropped = drop[1:]
 		detached = append([]string{old}, dropped...)

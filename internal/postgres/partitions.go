@@ -20,7 +20,7 @@ const (
 
 // maintenanceLockTimeout bounds how long a maintenance transaction waits for
 // a lock on notifications, and so how long writers queue behind it.
-const maintenanceLockTimeout = 50 * time.Millisecond
+const maintenanceLockTimeout = 20 * time.Millisecond
 
 // maxCatchUp is the most regular partitions one round makes; a gap longer
 // than that (a database left unmaintained for years) gets one partition.

@@ -498,4 +498,3 @@ ORDER BY n.commit_xid, n.id LIMIT $4`, args...)
 	}
 	return evs, nil
 }
-

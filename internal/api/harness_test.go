@@ -176,6 +176,8 @@ type stream struct {
 	resp   *http.Response
 	events chan sseEvent
 	lines  chan string // comment lines
+	// skippedCounts are the counts events next passed over.
+	skippedCounts []sseEvent
 }
 
 func (e *env) openStream(user uuid.UUID, lastID string) *stream {
@@ -245,6 +247,9 @@ func (s *stream) next(t *testing.T, name string, within time.Duration) sseEvent 
 			if ev.name == name {
 				return ev
 			}
+			if ev.name == "counts" {
+				s.skippedCounts = append(s.skippedCounts, ev)
+			}
 		case <-deadline:
 			t.Fatalf("no %s event within %s", name, within)
 		}
@@ -279,6 +284,7 @@ func (s *stream) quiet(t *testing.T, d time.Duration) {
 			if ev.name == "notification" {
 				t.Fatalf("unexpected notification event: %s", ev.data)
 			}
+			s.skippedCounts = append(s.skippedCounts, ev)
 		case <-deadline:
 			return
 		}

@@ -31,7 +31,9 @@ type event struct {
 // sub is one open stream.
 type sub struct {
 	user uuid.UUID
-	ch   chan event
+	// ch brings the events of one hub query at a time; bounding it in
+	// queries, not rows, lets a large batch through whole.
+	ch chan []event
 	// start receives the horizon from which the hub feeds ch.
 	start   chan uint64
 	dropped chan struct{}
@@ -66,7 +68,7 @@ func (h *hub) poke() {
 }
 
 func (h *hub) subscribe(user uuid.UUID) *sub {
-	sb := &sub{user: user, ch: make(chan event, h.s.cfg.StreamBuffer), start: make(chan uint64, 1), dropped: make(chan struct{})}
+	sb := &sub{user: user, ch: make(chan []event, h.s.cfg.StreamBuffer), start: make(chan uint64, 1), dropped: make(chan struct{})}
 	h.mu.Lock()
 	h.pending[sb] = struct{}{}
 	h.mu.Unlock()
@@ -86,11 +88,11 @@ func (h *hub) unsubscribe(sb *sub) {
 	}
 }
 
-// send hands ev to sb or, when sb's buffer is full, drops sb. Called with
+// send hands evs to sb or, when sb's buffer is full, drops sb. Called with
 // h.mu held.
-func (h *hub) send(sb *sub, ev event) {
+func (h *hub) send(sb *sub, evs []event) {
 	select {
-	case sb.ch <- ev:
+	case sb.ch <- evs:
 	default:
 		close(sb.dropped)
 		delete(h.active[sb.user], sb)
@@ -301,16 +303,17 @@ ORDER BY n.commit_xid, n.id`, strconv.FormatUint(from, 10), strconv.FormatUint(t
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if from != 0 {
+		byUser := map[uuid.UUID][]event{}
 		for i, sr := range rows {
-			for sb := range h.active[sr.user] {
-				h.send(sb, evs[i])
-			}
+			byUser[sr.user] = append(byUser[sr.user], evs[i])
 		}
 		for u, c := range counts {
 			data, _ := json.Marshal(c)
-			ev := event{name: "counts", pos: position{xid: to}, data: data}
+			byUser[u] = append(byUser[u], event{name: "counts", pos: position{xid: to}, data: data})
+		}
+		for u, evs := range byUser {
 			for sb := range h.active[u] {
-				h.send(sb, ev)
+				h.send(sb, evs)
 			}
 		}
 	}
@@ -445,17 +448,16 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 			if _, err := io.WriteString(w, ": heartbeat\n\n"); err != nil {
 				return
 			}
-		case ev := <-sb.ch:
-			if err := emit(ev); err != nil {
-				return
-			}
-			// Write what else is queued before flushing once.
+		case evs := <-sb.ch:
+			// Write what is queued, then flush once.
 			for more := true; more; {
-				select {
-				case ev := <-sb.ch:
+				for _, ev := range evs {
 					if err := emit(ev); err != nil {
 						return
 					}
+				}
+				select {
+				case evs = <-sb.ch:
 				default:
 					more = false
 				}

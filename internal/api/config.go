@@ -12,6 +12,8 @@ import (
 
 // Defaults of Config, in one place.
 const (
+	// DefaultAddr is where `notifyd serve` listens.
+	DefaultAddr          = "127.0.0.1:8080"
 	DefaultCountCap      = 1000
 	DefaultHeartbeat     = 15 * time.Second
 	DefaultPollInterval  = time.Second
@@ -53,16 +55,16 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	if len(c.Secret) == 0 {
-		errs = append(errs, errors.New("secret: required to verify tokens"))
+		errs = append(errs, errors.New("--api-secret: required to verify tokens"))
 	} else if len(c.Secret) < 16 {
-		errs = append(errs, fmt.Errorf("secret: must be at least 16 bytes for HS256, got %d", len(c.Secret)))
+		errs = append(errs, fmt.Errorf("--api-secret: must be at least 16 bytes for HS256, got %d", len(c.Secret)))
 	}
 	nonNeg := func(name string, v int64) {
 		if v < 0 {
 			errs = append(errs, fmt.Errorf("%s: must not be negative, got %d", name, v))
 		}
 	}
-	nonNeg("count cap", int64(c.CountCap))
+	nonNeg("--api-count-cap", int64(c.CountCap))
 	nonNeg("stream buffer", int64(c.StreamBuffer))
 	nonNeg("max ids", int64(c.MaxIDs))
 	nonNeg("max body bytes", c.MaxBodyBytes)

@@ -36,6 +36,8 @@ type Server struct {
 	metrics *metrics
 	hub     *hub
 	handler http.Handler
+	// stopped is closed when Run returns: open streams end with it.
+	stopped chan struct{}
 	// routes are the patterns served, for the OpenAPI check.
 	routes []string
 }
@@ -46,7 +48,7 @@ func New(cfg Config, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Regist
 		return nil, fmt.Errorf("inbox API: %w", err)
 	}
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: log, parser: newParser(cfg.Now)}
+	s := &Server{cfg: cfg, pool: pool, log: log, parser: newParser(cfg.Now), stopped: make(chan struct{})}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, err
@@ -60,9 +62,12 @@ func New(cfg Config, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Regist
 // Handler serves the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run keeps the live stream fed until ctx ends; the handler's streams wait
-// for it.
-func (s *Server) Run(ctx context.Context) error { return s.hub.run(ctx) }
+// Run keeps the live streams fed until ctx ends, then ends them (so that
+// an http.Server's Shutdown is not held by them). Call it once.
+func (s *Server) Run(ctx context.Context) error {
+	defer close(s.stopped)
+	return s.hub.run(ctx)
+}
 
 func (s *Server) routesMux() http.Handler {
 	mux := http.NewServeMux()

@@ -359,6 +359,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		return
 	case <-r.Context().Done():
 		return
+	case <-s.stopped:
+		writeError(w, http.StatusServiceUnavailable, "the server is shutting down")
+		return
 	}
 	pos := position{xid: start}
 	if last != nil {
@@ -442,6 +445,8 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		case <-r.Context().Done():
 			return
 		case <-sb.dropped:
+			return
+		case <-s.stopped:
 			return
 		case <-beat.C:
 			_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteDeadline))

@@ -34,8 +34,11 @@ type sub struct {
 	// ch brings the events of one hub query at a time; bounding it in
 	// queries, not rows, lets a large batch through whole.
 	ch chan []event
-	// start receives the horizon from which the hub feeds ch.
-	start   chan uint64
+	// after is the client's Last-Event-ID, if any: the hub starts the
+	// stream only at a snapshot that covers it.
+	after *position
+	// start receives the snapshot from which the hub feeds ch.
+	start   chan snapshot
 	dropped chan struct{}
 }
 
@@ -47,7 +50,8 @@ type hub struct {
 
 	// mu guards everything below.
 	mu      sync.Mutex
-	horizon uint64 // every transaction below it has been delivered; 0 until the first query
+	snap    snapshot // of the last query: its visible rows have been handed on
+	started bool     // snap is set
 	active  map[uuid.UUID]map[*sub]struct{}
 	pending map[*sub]struct{}
 	marked  map[uuid.UUID]struct{} // users whose read state changed since the last query
@@ -67,8 +71,8 @@ func (h *hub) poke() {
 	}
 }
 
-func (h *hub) subscribe(user uuid.UUID) *sub {
-	sb := &sub{user: user, ch: make(chan []event, h.s.cfg.StreamBuffer), start: make(chan uint64, 1), dropped: make(chan struct{})}
+func (h *hub) subscribe(user uuid.UUID, after *position) *sub {
+	sb := &sub{user: user, after: after, ch: make(chan []event, h.s.cfg.StreamBuffer), start: make(chan snapshot, 1), dropped: make(chan struct{})}
 	h.mu.Lock()
 	h.pending[sb] = struct{}{}
 	h.mu.Unlock()
@@ -229,12 +233,33 @@ func scanStreamRow(r pgx.CollectableRow) (streamRow, error) {
 	return sr, err
 }
 
-// poll reads, in one snapshot, the new horizon and the rows of the users
-// with open streams committed between the old horizon and it, then hands
-// them on and moves the horizon. See docs/architecture.md.
+// newSince is the SQL condition "not visible in snapshot $a" for a row,
+// as an index can serve it: written by a transaction that had not started
+// ($a's xmax, as text) or was running ($b, its xip as text[]).
+const newSince = `(n.commit_xid >= %s::text::xid8 OR n.commit_xid = ANY(%s::text[]::xid8[]))`
+
+// events makes the events of rows (in order) that a stream at base
+// receives on reaching upto: each carries its position, the last the plain
+// upto.
+func events(rows []streamRow, base, upto snapshot) []event {
+	evs := make([]event, len(rows))
+	for i, sr := range rows {
+		data, _ := json.Marshal(sr.n)
+		pos := position{base: base, row: true, upto: upto, xid: sr.xid, id: sr.n.ID}
+		if i == len(rows)-1 {
+			pos = position{base: upto}
+		}
+		evs[i] = event{name: "notification", pos: pos, data: data}
+	}
+	return evs
+}
+
+// poll reads, in one snapshot, that snapshot and the rows of the users with
+// open streams that it shows and the previous one did not, then hands them
+// on. See docs/architecture.md.
 func (h *hub) poll(ctx context.Context) error {
 	h.mu.Lock()
-	from := h.horizon
+	prev, started := h.snap, h.started
 	users := make([]uuid.UUID, 0, len(h.active))
 	for u := range h.active {
 		users = append(users, u)
@@ -245,21 +270,27 @@ func (h *hub) poll(ctx context.Context) error {
 
 	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
 	defer cancel()
-	var to uint64
+	var cur snapshot
 	var rows []streamRow
 	counts := map[uuid.UUID]Counts{}
 	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
-		var x int64
-		if err := tx.QueryRow(ctx, `SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint`).Scan(&x); err != nil {
+		var text string
+		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
 			return err
 		}
-		to = uint64(x)
-		if from == 0 || len(users) == 0 || to <= from {
+		var err error
+		if cur, err = parseSnapshot(text); err != nil {
+			return err
+		}
+		if !started || len(users) == 0 {
 			return nil
 		}
 		r, err := tx.Query(ctx, `SELECT `+streamColumns+` FROM notifications n
-WHERE n.commit_xid >= $1::text::xid8 AND n.commit_xid < $2::text::xid8 AND n.user_id = ANY($3)
-ORDER BY n.commit_xid, n.id`, strconv.FormatUint(from, 10), strconv.FormatUint(to, 10), users)
+WHERE n.commit_xid >= $1::text::xid8 AND n.user_id = ANY($3)
+UNION ALL
+SELECT `+streamColumns+` FROM notifications n
+WHERE n.commit_xid = ANY($2::text[]::xid8[]) AND n.user_id = ANY($3)
+ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
 		if err != nil {
 			return err
 		}
@@ -295,38 +326,43 @@ ORDER BY n.commit_xid, n.id`, strconv.FormatUint(from, 10), strconv.FormatUint(t
 		return err
 	}
 
-	evs := make([]event, len(rows))
-	for i, sr := range rows {
-		data, _ := json.Marshal(sr.n)
-		evs[i] = event{name: "notification", pos: position{xid: sr.xid, id: sr.n.ID, row: true}, data: data}
+	byUser := map[uuid.UUID][]streamRow{}
+	for _, sr := range rows {
+		byUser[sr.user] = append(byUser[sr.user], sr)
+	}
+	batches := map[uuid.UUID][]event{}
+	for u, rs := range byUser {
+		batches[u] = events(rs, prev, cur)
+	}
+	for u, c := range counts {
+		data, _ := json.Marshal(c)
+		batches[u] = append(batches[u], event{name: "counts", pos: position{base: cur}, data: data})
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if from != 0 {
-		byUser := map[uuid.UUID][]event{}
-		for i, sr := range rows {
-			byUser[sr.user] = append(byUser[sr.user], evs[i])
-		}
-		for u, c := range counts {
-			data, _ := json.Marshal(c)
-			byUser[u] = append(byUser[u], event{name: "counts", pos: position{xid: to}, data: data})
-		}
-		for u, evs := range byUser {
-			for sb := range h.active[u] {
-				h.send(sb, evs)
-			}
+	for u, evs := range batches {
+		for sb := range h.active[u] {
+			h.send(sb, evs)
 		}
 	}
-	if to > h.horizon {
-		h.horizon = to
-	}
+	h.snap, h.started = cur, true
+	waiting := false
 	for sb := range h.pending {
+		if sb.after != nil && !cur.covers(sb.after.until()) {
+			// The client was further on (another replica); wait until
+			// this snapshot covers where it was.
+			waiting = true
+			continue
+		}
 		delete(h.pending, sb)
 		if h.active[sb.user] == nil {
 			h.active[sb.user] = map[*sub]struct{}{}
 		}
 		h.active[sb.user][sb] = struct{}{}
-		sb.start <- h.horizon
+		sb.start <- cur
+	}
+	if waiting {
+		time.AfterFunc(20*time.Millisecond, h.poke)
 	}
 	return nil
 }
@@ -346,15 +382,19 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		last = &p
 	}
 	rc := http.NewResponseController(w)
-	sb := s.hub.subscribe(user)
+	sb := s.hub.subscribe(user, last)
 	defer s.hub.unsubscribe(sb)
 
-	var start uint64
+	var start snapshot
 	wait := time.NewTimer(s.cfg.QueryTimeout)
 	select {
 	case start = <-sb.start:
 		wait.Stop()
 	case <-wait.C:
+		if last != nil && s.Ready(r.Context()) == nil {
+			writeError(w, http.StatusBadRequest, "Last-Event-ID is not a position this database has reached")
+			return
+		}
 		writeError(w, http.StatusServiceUnavailable, "the inbox database is unavailable; try again shortly")
 		return
 	case <-r.Context().Done():
@@ -363,7 +403,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		writeError(w, http.StatusServiceUnavailable, "the server is shutting down")
 		return
 	}
-	pos := position{xid: start}
+	pos := position{base: start}
 	if last != nil {
 		pos = *last
 	}
@@ -394,28 +434,46 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 	// Retry hint for EventSource clients, then what was missed.
 	_, _ = io.WriteString(w, "retry: 2000\n\n")
 	if last != nil {
-		for {
-			ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
-			evs, err := s.replay(ctx, user, pos, start)
-			cancel()
-			if err != nil {
-				// The client reconnects with the last id it got.
-				s.log.Warn("inbox stream: replay failed", "err", err)
-				return
+		// What was missed: the rest of the snapshot difference the client
+		// was in, then everything up to this stream's start.
+		var phases [][2]snapshot
+		if pos.row {
+			phases = append(phases, [2]snapshot{pos.base, pos.upto})
+		}
+		phases = append(phases, [2]snapshot{pos.until(), start})
+		for i, ph := range phases {
+			var after *streamRow
+			if i == 0 && pos.row {
+				after = &streamRow{xid: pos.xid, n: Notification{ID: pos.id}}
 			}
-			for _, ev := range evs {
-				if err := write(ev); err != nil {
+			for {
+				ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
+				rows, err := s.replay(ctx, user, ph[0], ph[1], after)
+				cancel()
+				if err != nil {
+					// The client reconnects with the last id it got.
+					s.log.Warn("inbox stream: replay failed", "err", err)
 					return
 				}
-				pos = ev.pos
-			}
-			if len(evs) < replayPage {
-				break
+				evs := events(rows, ph[0], ph[1])
+				if len(rows) == replayPage {
+					// More may follow: the last is a row position too.
+					end := rows[len(rows)-1]
+					evs[len(evs)-1].pos = position{base: ph[0], row: true, upto: ph[1], xid: end.xid, id: end.n.ID}
+					after = &end
+				}
+				for _, ev := range evs {
+					if err := write(ev); err != nil {
+						return
+					}
+					pos = ev.pos
+				}
+				if len(rows) < replayPage {
+					break
+				}
 			}
 		}
-		if !pos.row || pos.xid < start {
-			pos = position{xid: max(start, pos.xid)}
-		}
+		pos = position{base: start}
 	}
 	data, _ := json.Marshal(c)
 	if err := write(event{name: "counts", pos: pos, data: data}); err != nil {
@@ -423,15 +481,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 	}
 	_ = rc.Flush()
 
-	// emit writes a live event unless the replay already covered it; a
-	// counts event carries the stream's position, which never moves back.
+	// emit writes a live event: the hub feeds this stream from start on,
+	// which the replay reached, so nothing is sent twice.
 	emit := func(ev event) error {
-		switch {
-		case ev.name == "notification" && !pos.after(ev.pos.xid, ev.pos.id):
-			return nil
-		case ev.name == "counts" && ev.pos.xid <= pos.xid:
-			ev.pos = pos
-		}
 		if err := write(ev); err != nil {
 			return err
 		}
@@ -477,31 +529,24 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 // replayPage is how many missed rows one replay query reads.
 const replayPage = 500
 
-// replay reads the user's rows after p and below the horizon to, in order.
-func (s *Server) replay(ctx context.Context, user uuid.UUID, p position, to uint64) ([]event, error) {
-	if p.xid >= to {
+// replay reads, in order, the user's rows visible in to but not in from,
+// after the row after (if any), at most replayPage of them.
+func (s *Server) replay(ctx context.Context, user uuid.UUID, from, to snapshot, after *streamRow) ([]streamRow, error) {
+	if from.covers(to) {
 		return nil, nil
 	}
-	cond := `n.commit_xid >= $2::text::xid8`
-	args := []any{user, strconv.FormatUint(p.xid, 10), strconv.FormatUint(to, 10), replayPage}
-	if p.row {
-		cond = `n.commit_xid >= $2::text::xid8 AND (n.commit_xid, n.id) > ($2::text::xid8, $5::uuid)`
-		args = append(args, p.id)
+	args := []any{user, strconv.FormatUint(from.xmax, 10), from.xipText(), to.String(), replayPage}
+	cond := ""
+	if after != nil {
+		cond = ` AND (n.commit_xid, n.id) > ($6::text::xid8, $7::uuid)`
+		args = append(args, strconv.FormatUint(after.xid, 10), after.n.ID)
 	}
 	r, err := s.pool.Query(ctx, `SELECT `+streamColumns+` FROM notifications n
-WHERE n.user_id = $1 AND n.commit_xid IS NOT NULL AND `+cond+` AND n.commit_xid < $3::text::xid8
-ORDER BY n.commit_xid, n.id LIMIT $4`, args...)
+WHERE n.user_id = $1 AND `+fmt.Sprintf(newSince, "$2", "$3")+`
+  AND pg_visible_in_snapshot(n.commit_xid, $4::text::pg_snapshot)`+cond+`
+ORDER BY n.commit_xid, n.id LIMIT $5`, args...)
 	if err != nil {
 		return nil, err
 	}
-	rows, err := pgx.CollectRows(r, scanStreamRow)
-	if err != nil {
-		return nil, err
-	}
-	evs := make([]event, len(rows))
-	for i, sr := range rows {
-		data, _ := json.Marshal(sr.n)
-		evs[i] = event{name: "notification", pos: position{xid: sr.xid, id: sr.n.ID, row: true}, data: data}
-	}
-	return evs, nil
+	return pgx.CollectRows(r, scanStreamRow)
 }

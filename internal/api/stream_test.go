@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,9 +80,10 @@ func TestStreamDeliversEachCommittedRowOnce(t *testing.T) {
 	}
 }
 
-// A row whose transaction started first but commits last is not skipped:
-// the stream holds later rows until it ends, then delivers both in order.
-func TestStreamWaitsForOlderOpenTransactions(t *testing.T) {
+// A transaction left open does not hold back rows committed after it
+// started, and its own row arrives once it commits: nothing skipped,
+// nothing twice, also for a client that resumes in between.
+func TestStreamDeliversAroundOpenTransactions(t *testing.T) {
 	e := newEnv(t, Config{PollInterval: 50 * time.Millisecond}, "")
 	user := uuid.New()
 	s := e.openStream(user, "")
@@ -103,14 +105,24 @@ func TestStreamWaitsForOlderOpenTransactions(t *testing.T) {
 	}
 	second := row(user, time.Now(), "second")
 	e.write(second)
-	s.quiet(t, 500*time.Millisecond)
+	ev := s.next(t, "notification", 5*time.Second)
+	if !strings.Contains(ev.data, `"second"`) {
+		t.Fatalf("got %s, want the second row while the first's transaction is open", ev.data)
+	}
+	s.quiet(t, 300*time.Millisecond)
+	s.close()
+	// Resume from the id of "second", then the first commits.
+	r := e.openStream(user, ev.id)
+	r.next(t, "counts", 5*time.Second)
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	got := s.notifications(t, 2, 5*time.Second)
-	if got[0].Title != "first" || got[1].Title != "second" {
-		t.Fatalf("got %v, want [first second] (commit-position order)", titles(got))
-	}
+	sameIDs(t, "after commit", r.notifications(t, 1, 5*time.Second), []notification.Notification{first})
+	r.quiet(t, 300*time.Millisecond)
+	// And from the very start: both, once.
+	all := e.openStream(user, "0:0:")
+	sameIDs(t, "from the start", all.notifications(t, 2, 5*time.Second), []notification.Notification{first, second})
+	all.quiet(t, 300*time.Millisecond)
 }
 
 func TestStreamResumesFromLastEventID(t *testing.T) {
@@ -191,7 +203,7 @@ func TestStreamRidesOutDatabaseOutage(t *testing.T) {
 func TestSlowStreamIsDropped(t *testing.T) {
 	e := newEnv(t, Config{StreamBuffer: 2}, "")
 	user := uuid.New()
-	sb := e.api.hub.subscribe(user)
+	sb := e.api.hub.subscribe(user, nil)
 	defer e.api.hub.unsubscribe(sb)
 	select {
 	case <-sb.start:

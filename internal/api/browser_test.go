@@ -51,12 +51,19 @@ func TestDemoPageInBrowser(t *testing.T) {
 		}
 		return s
 	}
+	// waitText polls from Go rather than in the page, so that a page
+	// context replaced meanwhile is only a retry.
 	waitText := func(sel, want string) {
 		t.Helper()
-		js := `document.querySelector(` + quoteJS(sel) + `) && document.querySelector(` + quoteJS(sel) + `).textContent === ` + quoteJS(want)
-		if _, err := chromedp.Run(ctx, chromedp.Poll[chromedp.Void](js, chromedp.WithPollingTimeout(20*time.Second))); err != nil {
-			t.Fatalf("%s never became %q (is %q): %v", sel, want, text(sel), err)
+		js := `(document.querySelector(` + quoteJS(sel) + `) || {}).textContent || ""`
+		var got string
+		var err error
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if got, err = chromedp.Run(ctx, chromedp.Evaluate[string](js)); err == nil && got == want {
+				return
+			}
 		}
+		t.Fatalf("%s never became %q (is %q, %v)", sel, want, got, err)
 	}
 
 	if err := chromedp.Do(ctx, chromedp.Navigate(e.http.URL+"/#token="+token(t, user))); err != nil {

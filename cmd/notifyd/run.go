@@ -2,10 +2,10 @@ package main
 
 import (
 	"context"
-	"net"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/debug"
 	"strings"

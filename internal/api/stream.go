@@ -272,7 +272,6 @@ func (h *hub) poll(ctx context.Context) error {
 	defer cancel()
 	var cur snapshot
 	var rows []streamRow
-	counts := map[uuid.UUID]Counts{}
 	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
 		var text string
 		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
@@ -294,53 +293,22 @@ ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
 		if err != nil {
 			return err
 		}
-		if rows, err = pgx.CollectRows(r, scanStreamRow); err != nil {
-			return err
-		}
-		// Counts change for the users that got rows or changed read state:
-		// one computation per user, whatever their number of streams.
-		for _, sr := range rows {
-			marked[sr.user] = struct{}{}
-		}
-		for _, u := range users {
-			if _, ok := marked[u]; !ok {
-				continue
-			}
-			m, err := loadMarks(ctx, tx, u)
-			if err != nil {
-				return err
-			}
-			if counts[u], err = h.s.counts(ctx, tx, u, m); err != nil {
-				return err
-			}
-		}
-		return nil
+		rows, err = pgx.CollectRows(r, scanStreamRow)
+		return err
 	})
 	if err != nil {
-		// The marks are not lost: they are counted again next time.
-		h.mu.Lock()
-		for u := range marked {
-			h.marked[u] = struct{}{}
-		}
-		h.mu.Unlock()
+		h.requeue(marked)
 		return err
 	}
 
 	byUser := map[uuid.UUID][]streamRow{}
 	for _, sr := range rows {
 		byUser[sr.user] = append(byUser[sr.user], sr)
-	}
-	batches := map[uuid.UUID][]event{}
-	for u, rs := range byUser {
-		batches[u] = events(rs, prev, cur)
-	}
-	for u, c := range counts {
-		data, _ := json.Marshal(c)
-		batches[u] = append(batches[u], event{name: "counts", pos: position{base: cur}, data: data})
+		marked[sr.user] = struct{}{}
 	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	for u, evs := range batches {
+	for u, rs := range byUser {
+		evs := events(rs, prev, cur)
 		for sb := range h.active[u] {
 			h.send(sb, evs)
 		}
@@ -361,8 +329,61 @@ ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
 		h.active[sb.user][sb] = struct{}{}
 		sb.start <- cur
 	}
+	h.mu.Unlock()
 	if waiting {
 		time.AfterFunc(20*time.Millisecond, h.poke)
+	}
+	// Counts after the rows are on their way, so that rows never wait for
+	// them: one computation per user that got rows or changed read state,
+	// whatever their number of streams. Their id is the snapshot whose rows
+	// the streams have been handed.
+	return h.sendCounts(ctx, users, marked, cur)
+}
+
+// requeue keeps users whose counts could not be sent for the next query.
+func (h *hub) requeue(users map[uuid.UUID]struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for u := range users {
+		h.marked[u] = struct{}{}
+	}
+}
+
+func (h *hub) sendCounts(ctx context.Context, users []uuid.UUID, marked map[uuid.UUID]struct{}, cur snapshot) error {
+	var todo []uuid.UUID
+	for _, u := range users {
+		if _, ok := marked[u]; ok {
+			todo = append(todo, u)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	counts := make(map[uuid.UUID]Counts, len(todo))
+	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
+		for _, u := range todo {
+			m, err := loadMarks(ctx, tx, u)
+			if err != nil {
+				return err
+			}
+			if counts[u], err = h.s.counts(ctx, tx, u, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		h.requeue(marked)
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for u, c := range counts {
+		data, _ := json.Marshal(c)
+		ev := []event{{name: "counts", pos: position{base: cur}, data: data}}
+		for sb := range h.active[u] {
+			h.send(sb, ev)
+		}
 	}
 	return nil
 }

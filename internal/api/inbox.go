@@ -146,39 +146,29 @@ func (s *Server) feed(ctx context.Context, user uuid.UUID, o feedOptions) (rows 
 		if err != nil {
 			return err
 		}
-		var q query
-		u := q.arg(user)
-		read := q.effective(kindRead, m.kinds[kindRead], "n", "s")
-		seen := q.effective(kindSeen, m.kinds[kindSeen], "n", "s")
-		arch := q.effective(kindArchived, m.kinds[kindArchived], "n", "s")
-		q.add(`SELECT n.id, n.event_type, n.title, n.body, n.data, n.created_at, `, read, `, `, seen, `, `, arch, `
-FROM notifications n
-LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = n.id
-WHERE n.user_id = `, u)
-		if o.after != nil {
-			c, id := q.arg(o.after.createdAt), q.arg(o.after.id)
-			q.add(` AND n.created_at <= `, c, ` AND (n.created_at, n.id) < (`, c, `, `, id, `)`)
-		}
-		switch o.status {
-		case "unread":
-			q.add(` AND `, read, ` IS NULL`)
-		case "read":
-			q.add(` AND `, read, ` IS NOT NULL`)
-		}
-		switch o.archived {
-		case "false":
-			q.add(` AND `, arch, ` IS NULL`)
-		case "true":
-			q.add(` AND `, arch, ` IS NOT NULL`)
-		}
-		q.add(` ORDER BY n.created_at DESC, n.id DESC LIMIT `, q.arg(o.limit+1))
-		r, err := tx.Query(ctx, q.sql.String(), q.args...)
-		if err != nil {
-			return fmt.Errorf("read feed: %w", err)
-		}
-		rows, err = pgx.CollectRows(r, scanNotification)
-		if err != nil {
-			return fmt.Errorf("read feed: %w", err)
+		// The candidates come from the (user_id, created_at) index alone,
+		// newest first, a chunk at a time (with the ties of the last
+		// created_at, so that a chunk ends between keys); their read state
+		// is joined to the chunk only. Joining it in the same scan would
+		// make the planner read the user's whole inbox to sort it.
+		after := o.after
+		chunk := o.limit + 1
+		for len(rows) <= o.limit {
+			cands, err := s.feedChunk(ctx, tx, user, m, after, chunk)
+			if err != nil {
+				return err
+			}
+			for _, n := range cands {
+				if o.keep(n) && len(rows) <= o.limit {
+					rows = append(rows, n)
+				}
+			}
+			if len(cands) < chunk {
+				break // the inbox has no more
+			}
+			last := cands[len(cands)-1]
+			after = &cursor{createdAt: last.CreatedAt, id: last.ID}
+			chunk = min(chunk*2, 1000)
 		}
 		return nil
 	})
@@ -191,6 +181,46 @@ WHERE n.user_id = `, u)
 		next = &cursor{createdAt: last.CreatedAt, id: last.ID}
 	}
 	return rows, next, nil
+}
+
+// keep reports whether n passes the feed's filters.
+func (o feedOptions) keep(n Notification) bool {
+	switch {
+	case o.status == "unread" && n.ReadAt != nil, o.status == "read" && n.ReadAt == nil:
+		return false
+	case o.archived == "false" && n.ArchivedAt != nil, o.archived == "true" && n.ArchivedAt == nil:
+		return false
+	}
+	return true
+}
+
+// feedChunk reads at least chunk of the user's rows after the cursor (all
+// of them if fewer), in feed order, with their effective read state.
+func (s *Server) feedChunk(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, after *cursor, chunk int) ([]Notification, error) {
+	var q query
+	u := q.arg(user)
+	q.add(`WITH c AS MATERIALIZED (SELECT n.id, n.event_type, n.title, n.body, n.data, n.created_at, n.commit_xid
+FROM notifications n WHERE n.user_id = `, u)
+	if after != nil {
+		c, id := q.arg(after.createdAt), q.arg(after.id)
+		q.add(` AND n.created_at <= `, c, ` AND (n.created_at, n.id) < (`, c, `, `, id, `)`)
+	}
+	q.add(` ORDER BY n.created_at DESC FETCH FIRST (`, q.arg(chunk), `) ROWS WITH TIES)
+SELECT c.id, c.event_type, c.title, c.body, c.data, c.created_at, `,
+		q.effective(kindRead, m.kinds[kindRead], "c", "s"), `, `,
+		q.effective(kindSeen, m.kinds[kindSeen], "c", "s"), `, `,
+		q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), `
+FROM c LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+ORDER BY c.created_at DESC, c.id DESC`)
+	r, err := tx.Query(ctx, q.sql.String(), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("read feed: %w", err)
+	}
+	rows, err := pgx.CollectRows(r, scanNotification)
+	if err != nil {
+		return nil, fmt.Errorf("read feed: %w", err)
+	}
+	return rows, nil
 }
 
 func scanNotification(r pgx.CollectableRow) (Notification, error) {

@@ -73,6 +73,11 @@ func scanMarks(row pgx.Row) (marks, error) {
 		&snaps[0], &m.kinds[0].at, &vers[0],
 		&snaps[1], &m.kinds[1].at, &vers[1],
 		&snaps[2], &m.kinds[2].at, &vers[2])
+	m.fill(snaps, vers)
+	return m, err
+}
+
+func (m *marks) fill(snaps [3]*string, vers [3]*int64) {
 	for k := range m.kinds {
 		if snaps[k] != nil {
 			m.kinds[k].exists, m.kinds[k].snap, m.kinds[k].version = true, *snaps[k], *vers[k]
@@ -80,7 +85,6 @@ func scanMarks(row pgx.Row) (marks, error) {
 			m.kinds[k].at = nil
 		}
 	}
-	return m, err
 }
 
 func loadMarks(ctx context.Context, q pgx.Tx, user uuid.UUID) (marks, error) {
@@ -249,28 +253,77 @@ func jsonOrNull(b []byte) json.RawMessage {
 // the user's rows when no watermark covers them, else only the rows the
 // chosen watermark does not cover and the exceptions newer than it.
 func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks) (Counts, error) {
-	var c Counts
-	for i, k := range []kind{kindRead, kindSeen} {
-		n, err := s.countUnset(ctx, tx, user, m, k, true, s.cfg.CountCap+1)
-		if err != nil {
-			return Counts{}, fmt.Errorf("count %s: %w", kindColumn[k], err)
-		}
-		if n > s.cfg.CountCap {
-			n, c.Capped = s.cfg.CountCap, true
-		}
-		if i == 0 {
-			c.Unread = n
-		} else {
-			c.Unseen = n
+	cs, err := s.countsOf(ctx, tx, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	return cs[user], err
+}
+
+// countsOf counts for several users in one round trip (two statements a
+// user, sent as one batch).
+func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+	var b pgx.Batch
+	for _, u := range users {
+		for _, k := range []kind{kindRead, kindSeen} {
+			q := s.countUnsetQuery(u, ms[u], k, true, s.cfg.CountCap+1)
+			b.Queue(q.sql.String(), q.args...)
 		}
 	}
-	return c, nil
+	res := tx.SendBatch(ctx, &b)
+	out := make(map[uuid.UUID]Counts, len(users))
+	for _, u := range users {
+		var c Counts
+		for _, n := range []*int{&c.Unread, &c.Unseen} {
+			if err := res.QueryRow().Scan(n); err != nil {
+				res.Close()
+				return nil, fmt.Errorf("count: %w", err)
+			}
+			if *n > s.cfg.CountCap {
+				*n, c.Capped = s.cfg.CountCap, true
+			}
+		}
+		out[u] = c
+	}
+	return out, res.Close()
+}
+
+// marksOf loads the read state of several users.
+func marksOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID) (map[uuid.UUID]marks, error) {
+	r, err := tx.Query(ctx, `SELECT user_id, `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return nil, fmt.Errorf("load read state: %w", err)
+	}
+	out := make(map[uuid.UUID]marks, len(users))
+	for r.Next() {
+		var u uuid.UUID
+		var m marks
+		var snaps [3]*string
+		var vers [3]*int64
+		if err := r.Scan(&u, &m.version,
+			&snaps[0], &m.kinds[0].at, &vers[0],
+			&snaps[1], &m.kinds[1].at, &vers[1],
+			&snaps[2], &m.kinds[2].at, &vers[2]); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("load read state: %w", err)
+		}
+		m.fill(snaps, vers)
+		out[u] = m
+	}
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("load read state: %w", err)
+	}
+	return out, nil
 }
 
 // countUnset counts, up to limit, the user's rows whose kind k is unset
 // (and, with notArchived, that are not archived).
 func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
-	var q query
+	q := s.countUnsetQuery(user, m, k, notArchived, limit)
+	var n int
+	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
+	return n, err
+}
+
+func (s *Server) countUnsetQuery(user uuid.UUID, m marks, k kind, notArchived bool, limit int) *query {
+	q := &query{}
 	u := q.arg(user)
 	// The watermark that leaves the fewest candidates: a row it covers is
 	// set (for k, or archived) unless an exception newer than it says not.
@@ -305,9 +358,7 @@ WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
 		q.add(` AND `, q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), ` IS NULL`)
 	}
 	q.add(` LIMIT `, q.arg(limit), `) x`)
-	var n int
-	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
-	return n, err
+	return q
 }
 
 // countSet counts, up to limit, the user's rows whose kind k is set: all

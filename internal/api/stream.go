@@ -47,6 +47,8 @@ type sub struct {
 type hub struct {
 	s    *Server
 	wake chan struct{}
+	// countWake wakes the counter.
+	countWake chan struct{}
 
 	// mu guards everything below.
 	mu      sync.Mutex
@@ -54,13 +56,14 @@ type hub struct {
 	started bool     // snap is set
 	active  map[uuid.UUID]map[*sub]struct{}
 	pending map[*sub]struct{}
-	marked  map[uuid.UUID]struct{} // users whose read state changed since the last query
+	due     map[uuid.UUID]struct{} // users whose counts may have changed, for the counter
 }
 
 func newHub(s *Server) *hub {
 	return &hub{
 		s: s, wake: make(chan struct{}, 1),
-		active: map[uuid.UUID]map[*sub]struct{}{}, pending: map[*sub]struct{}{}, marked: map[uuid.UUID]struct{}{},
+		countWake: make(chan struct{}, 1),
+		active:    map[uuid.UUID]map[*sub]struct{}{}, pending: map[*sub]struct{}{}, due: map[uuid.UUID]struct{}{},
 	}
 }
 
@@ -109,10 +112,14 @@ func (h *hub) send(sb *sub, evs []event) {
 
 func (h *hub) run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		h.listen(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		h.count(ctx)
 	}()
 	defer wg.Wait()
 	t := time.NewTicker(h.s.cfg.PollInterval)
@@ -206,10 +213,9 @@ func (h *hub) listenOnce(ctx context.Context, connected func()) error {
 		}
 		if n.Channel == channelMarks {
 			if u, err := uuid.Parse(n.Payload); err == nil {
-				h.mu.Lock()
-				h.marked[u] = struct{}{}
-				h.mu.Unlock()
+				h.markDue([]uuid.UUID{u})
 			}
+			continue
 		}
 		h.poke()
 	}
@@ -264,8 +270,6 @@ func (h *hub) poll(ctx context.Context) error {
 	for u := range h.active {
 		users = append(users, u)
 	}
-	marked := h.marked
-	h.marked = map[uuid.UUID]struct{}{}
 	h.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
@@ -297,14 +301,12 @@ ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
 		return err
 	})
 	if err != nil {
-		h.requeue(marked)
 		return err
 	}
 
 	byUser := map[uuid.UUID][]streamRow{}
 	for _, sr := range rows {
 		byUser[sr.user] = append(byUser[sr.user], sr)
-		marked[sr.user] = struct{}{}
 	}
 	h.mu.Lock()
 	for u, rs := range byUser {
@@ -333,59 +335,93 @@ ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
 	if waiting {
 		time.AfterFunc(20*time.Millisecond, h.poke)
 	}
-	// Counts after the rows are on their way, so that rows never wait for
-	// them: one computation per user that got rows or changed read state,
-	// whatever their number of streams. Their id is the snapshot whose rows
-	// the streams have been handed.
-	return h.sendCounts(ctx, users, marked, cur)
+	got := make([]uuid.UUID, 0, len(byUser))
+	for u := range byUser {
+		got = append(got, u)
+	}
+	h.markDue(got)
+	return nil
 }
 
-// requeue keeps users whose counts could not be sent for the next query.
-func (h *hub) requeue(users map[uuid.UUID]struct{}) {
+// markDue has the counter count users again.
+func (h *hub) markDue(users []uuid.UUID) {
+	if len(users) == 0 {
+		return
+	}
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	for u := range users {
-		h.marked[u] = struct{}{}
+	for _, u := range users {
+		h.due[u] = struct{}{}
+	}
+	h.mu.Unlock()
+	select {
+	case h.countWake <- struct{}{}:
+	default:
 	}
 }
 
-func (h *hub) sendCounts(ctx context.Context, users []uuid.UUID, marked map[uuid.UUID]struct{}, cur snapshot) error {
-	var todo []uuid.UUID
-	for _, u := range users {
-		if _, ok := marked[u]; ok {
-			todo = append(todo, u)
+// count is the counter: it computes the counts of the users that got rows
+// or changed read state and have open streams, all of them in one
+// transaction and one round trip, and hands them on; rows never wait for
+// it, and changes that arrive while it works fold into its next round.
+func (h *hub) count(ctx context.Context) {
+	failures := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.countWake:
 		}
-	}
-	if len(todo) == 0 {
-		return nil
-	}
-	counts := make(map[uuid.UUID]Counts, len(todo))
-	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
-		for _, u := range todo {
-			m, err := loadMarks(ctx, tx, u)
+		h.mu.Lock()
+		var users []uuid.UUID
+		for u := range h.due {
+			if h.active[u] != nil {
+				users = append(users, u)
+			}
+		}
+		h.due = map[uuid.UUID]struct{}{}
+		h.mu.Unlock()
+		if len(users) == 0 {
+			continue
+		}
+		var counts map[uuid.UUID]Counts
+		qctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
+		err := readOnly(qctx, h.s, func(tx pgx.Tx) error {
+			ms, err := marksOf(qctx, tx, users)
 			if err != nil {
 				return err
 			}
-			if counts[u], err = h.s.counts(ctx, tx, u, m); err != nil {
-				return err
+			counts, err = h.s.countsOf(qctx, tx, users, ms)
+			return err
+		})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			if failures == 1 {
+				h.s.log.Warn("inbox stream: cannot count; retrying", "err", err)
+			}
+			h.markDue(users)
+			if !sleep(ctx, backoff(failures)) {
+				return
+			}
+			continue
+		}
+		failures = 0
+		h.mu.Lock()
+		// The hub has handed on every row its snapshot shows: that is the
+		// position these events carry.
+		pos := position{base: h.snap}
+		for _, u := range users {
+			data, _ := json.Marshal(counts[u])
+			ev := []event{{name: "counts", pos: pos, data: data}}
+			for sb := range h.active[u] {
+				h.send(sb, ev)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		h.requeue(marked)
-		return err
+		h.mu.Unlock()
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for u, c := range counts {
-		data, _ := json.Marshal(c)
-		ev := []event{{name: "counts", pos: position{base: cur}, data: data}}
-		for sb := range h.active[u] {
-			h.send(sb, ev)
-		}
-	}
-	return nil
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.UUID) {

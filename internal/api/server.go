@@ -117,8 +117,6 @@ func (s *Server) Ready(ctx context.Context) error {
 	return nil
 }
 
-type userKey struct{}
-
 // authed lets only requests with a valid token through, with its user in
 // the context.
 func (s *Server) authed(h func(http.ResponseWriter, *http.Request, uuid.UUID)) http.HandlerFunc {

@@ -13,14 +13,6 @@ import (
 	"github.com/notifyd/notifyd/internal/notification"
 )
 
-func ids(ns []Notification) []uuid.UUID {
-	out := make([]uuid.UUID, len(ns))
-	for i, n := range ns {
-		out[i] = n.ID
-	}
-	return out
-}
-
 func sameIDs(t *testing.T, label string, got []Notification, want []notification.Notification) {
 	t.Helper()
 	g := map[uuid.UUID]int{}

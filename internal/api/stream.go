@@ -383,45 +383,61 @@ func (h *hub) count(ctx context.Context) {
 		if len(users) == 0 {
 			continue
 		}
-		var counts map[uuid.UUID]Counts
-		qctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
-		err := readOnly(qctx, h.s, func(tx pgx.Tx) error {
-			ms, err := marksOf(qctx, tx, users)
-			if err != nil {
-				return err
+		// In rounds of at most countRound users, so that one round's
+		// transaction stays short however many users are due.
+		for len(users) > 0 {
+			n := min(len(users), countRound)
+			if err := h.countRound(ctx, users[:n]); err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				failures++
+				if failures == 1 {
+					h.s.log.Warn("inbox stream: cannot count; retrying", "err", err)
+				}
+				h.markDue(users)
+				if !sleep(ctx, backoff(failures)) {
+					return
+				}
+				break
 			}
-			counts, err = h.s.countsOf(qctx, tx, users, ms)
-			return err
-		})
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			failures++
-			if failures == 1 {
-				h.s.log.Warn("inbox stream: cannot count; retrying", "err", err)
-			}
-			h.markDue(users)
-			if !sleep(ctx, backoff(failures)) {
-				return
-			}
-			continue
+			failures = 0
+			users = users[n:]
 		}
-		failures = 0
-		h.mu.Lock()
-		// The hub has handed on every row its snapshot shows: that is the
-		// position these events carry.
-		pos := position{base: h.snap}
-		for _, u := range users {
-			data, _ := json.Marshal(counts[u])
-			ev := []event{{name: "counts", pos: pos, data: data}}
-			for sb := range h.active[u] {
-				h.send(sb, ev)
-			}
-		}
-		h.mu.Unlock()
 	}
+}
+
+// countRound is how many users one round of the counter counts.
+const countRound = 100
+
+func (h *hub) countRound(ctx context.Context, users []uuid.UUID) error {
+	var counts map[uuid.UUID]Counts
+	qctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
+	defer cancel()
+	err := readOnly(qctx, h.s, func(tx pgx.Tx) error {
+		ms, err := marksOf(qctx, tx, users)
+		if err != nil {
+			return err
+		}
+		counts, err = h.s.countsOf(qctx, tx, users, ms)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	// The hub has handed on every row its snapshot shows: that is the
+	// position these events carry.
+	pos := position{base: h.snap}
+	for _, u := range users {
+		data, _ := json.Marshal(counts[u])
+		ev := []event{{name: "counts", pos: pos, data: data}}
+		for sb := range h.active[u] {
+			h.send(sb, ev)
+		}
+	}
+	return nil
 }
 
 func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.UUID) {

@@ -85,6 +85,7 @@ type APIResult struct {
 	Delivered        int64     `json:"stream_events_delivered"`
 	Undelivered      int64     `json:"stream_rows_undelivered"`
 	IdleStreamKB     float64   `json:"memory_per_idle_stream_kb"`
+	IdleStreamGoKB   float64   `json:"memory_per_idle_stream_go_kb"`
 	IngestIdle       float64   `json:"ingest_msgs_per_sec_api_idle"`
 	IngestBusy       float64   `json:"ingest_msgs_per_sec_api_busy"`
 	IngestRatio      float64   `json:"ingest_ratio_api_busy_to_idle"`
@@ -246,6 +247,37 @@ func (p *serveProc) stop() {
 	})
 }
 
+// goMemKB is the Go heap and stacks in use of the serve process, from its
+// /metrics: less noisy than its resident set, which moves with the
+// collector's pace.
+func (p *serveProc) goMemKB(ctx context.Context) (float64, error) {
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.metrics+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var sum float64
+	found := 0
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		for _, name := range []string{"go_memstats_heap_inuse_bytes ", "go_memstats_stack_inuse_bytes "} {
+			if v, ok := strings.CutPrefix(sc.Text(), name); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					return 0, err
+				}
+				sum += f
+				found++
+			}
+		}
+	}
+	if found != 2 {
+		return 0, errors.New("serve's /metrics lacks go_memstats_heap_inuse_bytes or go_memstats_stack_inuse_bytes")
+	}
+	return sum / 1024, sc.Err()
+}
+
 func (p *serveProc) token(u uuid.UUID) string {
 	if t, ok := p.tokenCache.Load(u); ok {
 		return t.(string)
@@ -350,6 +382,10 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 	if err != nil {
 		return err
 	}
+	goBefore, err := srv.goMemKB(ctx)
+	if err != nil {
+		return err
+	}
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var mu sync.Mutex
@@ -418,6 +454,11 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 		return err
 	}
 	res.IdleStreamKB = (after - before) / float64(n)
+	goAfter, err := srv.goMemKB(ctx)
+	if err != nil {
+		return err
+	}
+	res.IdleStreamGoKB = (goAfter - goBefore) / float64(n)
 
 	// Rows for the streams' users, through the real write path, in
 	// transactions every 10 ms.

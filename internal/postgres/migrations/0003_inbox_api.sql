@@ -8,12 +8,17 @@
 ALTER TABLE notifications ADD COLUMN IF NOT EXISTS commit_xid xid8;
 ALTER TABLE notifications ALTER COLUMN commit_xid SET DEFAULT pg_current_xact_id();
 
--- "Rows committed since a horizon" (the stream), and one user's rows since a
--- horizon (resume, counts after a "mark all"). Old rows add no entries.
+-- "Rows committed since a snapshot" (the stream), and one user's rows by
+-- commit (counts, resume), with the id so that counting reads no table
+-- pages. Rows written before this migration are in neither; the last index
+-- holds only them, so counting reads no table pages for them either, and
+-- new rows never enter it.
 CREATE INDEX IF NOT EXISTS notifications_commit_xid
     ON notifications (commit_xid) WHERE commit_xid IS NOT NULL;
 CREATE INDEX IF NOT EXISTS notifications_user_commit_xid
-    ON notifications (user_id, commit_xid) WHERE commit_xid IS NOT NULL;
+    ON notifications (user_id, commit_xid) INCLUDE (id) WHERE commit_xid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS notifications_user_before_commit_xid
+    ON notifications (user_id) INCLUDE (id) WHERE commit_xid IS NULL;
 
 -- Tells listening API processes, at commit, that rows were written. It
 -- carries no rows: they read them with SQL, so a missed wake-up costs

@@ -50,8 +50,8 @@ type serveCmd struct {
 	dbFlags
 	logFlags
 	apiFlags
-	APIAddr     string `name:"api-addr" env:"NOTIFYD_API_ADDR" default:"${api_addr}" help:"Address of the inbox API (and its demo page at /)."`
-	MetricsAddr string `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"127.0.0.1:9465" help:"Address of /metrics, /healthz and /readyz (beside notifyd run's default); empty disables them."`
+	APIAddr     string `name:"api-addr" env:"NOTIFYD_API_ADDR" default:"${serve_api_addr}" help:"Address of the inbox API (and its demo page at /)."`
+	MetricsAddr string `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"Address of /metrics, /healthz and /readyz (give another one than a notifyd run on the same host); empty disables them."`
 }
 
 func (c *serveCmd) Help() string {

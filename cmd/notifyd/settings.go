@@ -80,7 +80,7 @@ func settingVars() kong.Vars {
 		"partition_interval":    postgres.DefaultPartitionInterval.String(),
 		"dedupe_window":         postgres.DefaultDedupeWindow.String(),
 		"metrics_addr":          admin.DefaultAddr,
-		"api_addr":              api.DefaultAddr,
+		"serve_api_addr":        api.DefaultAddr, // serve's; run serves no API unless given one
 		"api_count_cap":         strconv.Itoa(api.DefaultCountCap),
 		// Where the commands that talk to a running `notifyd run` find its
 		// embedded broker.

@@ -12,14 +12,21 @@ build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
 
 # Runs notifyd on its embedded defaults: the embedded broker on
-# 127.0.0.1:9092 and the local PostgreSQL; more flags in RUN_ARGS. It runs
-# the built binary itself (exec, not go run), so that Ctrl-C reaches only
-# notifyd's clean shutdown and make has no error to report.
-RUN_ARGS ?=
+# 127.0.0.1:9092 and the local PostgreSQL, with the inbox API and its demo
+# page on $(API_ADDR), for which it prints the address and a development
+# token; more flags in RUN_ARGS. It runs the built binary itself (exec, not
+# go run), so that Ctrl-C reaches only notifyd's clean shutdown and make has
+# no error to report.
+RUN_ARGS   ?=
+API_ADDR   ?= 127.0.0.1:8080
+DEV_SECRET ?= notifyd-development-secret
+DEV_USER   ?= 6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11
 run: postgres
 	@echo "compiling notifyd into bin/ (the first build compiles every dependency: a minute or two)" >&2
 	@$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
-	@exec $(BIN)/notifyd run $(RUN_ARGS)
+	@echo "Inbox demo page: http://$(API_ADDR)/#token=$$($(BIN)/notifyd token --user $(DEV_USER) --api-secret $(DEV_SECRET) --ttl 24h)"
+	@echo "Send $(DEV_USER) a notification: echo '{\"user_id\":\"$(DEV_USER)\",\"event_type\":\"demo\",\"title\":\"Hello\",\"body\":\"It works\"}' | kcat -P -b 127.0.0.1:9092 -t notifications"
+	@exec $(BIN)/notifyd run --api-addr $(API_ADDR) --api-secret $(DEV_SECRET) $(RUN_ARGS)
 
 # The whole suite, against the real local PostgreSQL, with the race
 # detector; then the decoder's reference check against JSON v2, which needs

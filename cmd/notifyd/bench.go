@@ -19,6 +19,8 @@ type benchCmd struct {
 	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
 	History     int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in daily partitions) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
 	JSON        bool          `name:"json" help:"Print the result as one JSON object."`
+	API         bool          `name:"api" help:"Also measure the inbox API of a real 'notifyd serve' over --api-history rows: feed and counts latency at 500 req/s over 10,000 users, stream delivery with 1,000 open streams at 1,000 rows/s, memory per idle stream, and the ingest rate while 100 mark-read req/s run (result under \"api\")."`
+	APIHistory  int           `name:"api-history" default:"5000000" help:"Rows of history loaded before the API is measured."`
 	logFlags
 	kafkaAuthFlags
 }
@@ -49,6 +51,9 @@ func (c *benchCmd) validate() error {
 	if c.History < 0 {
 		errs = append(errs, fmt.Errorf("--history: must be 0 or more rows, got %d", c.History))
 	}
+	if c.API && c.APIHistory < 1000 {
+		errs = append(errs, fmt.Errorf("--api-history: must be at least 1000, got %d", c.APIHistory))
+	}
 	if c.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
 	}
@@ -76,9 +81,21 @@ func (c *benchCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	var apiRes *bench.APIResult
+	if c.API {
+		apiRes, err = bench.RunAPI(ctx, bench.APIConfig{
+			DatabaseURL: c.DatabaseURL, Executable: exe, History: c.APIHistory, Duration: c.Duration, Log: log,
+		})
+		if err != nil {
+			return fmt.Errorf("inbox API: %w", err)
+		}
+	}
 	if c.JSON {
 		enc := json.NewEncoder(os.Stdout)
-		return enc.Encode(res)
+		return enc.Encode(struct {
+			*bench.Result
+			API *bench.APIResult `json:"api,omitempty"`
+		}{res, apiRes})
 	}
 	fmt.Printf(`notifyd bench (%s, %d CPUs, %s)
   COPY limit (same rows, same database)  %10.0f rows/s
@@ -105,6 +122,20 @@ func (c *benchCmd) Run(ctx context.Context) error {
 			res.Messages, res.HistoryMsgsPerSec, res.HistoryRatioToEmpty, res.HistoryRatioToCopyLimit,
 			res.HistoryFlushMs.P50, res.HistoryFlushMs.P95, res.HistoryFlushMs.P99,
 			res.ReadLatest20Ms.P50, res.ReadLatest20Ms.P95, res.ReadLatest20Ms.P99)
+	}
+	if a := apiRes; a != nil {
+		fmt.Printf(`inbox API (notifyd serve, %d rows of history, %d users)
+  feed first page at %d req/s (with counts)  p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  counts at %d req/s (with the feed)         p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
+  stream delivery, %d streams, %d rows/s  p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms  (%d delivered, %d not)
+  memory per idle stream                     %10.1f KB resident, %.1f KB Go heap and stacks
+  ingest, API idle / with %d mark-read req/s  %8.0f / %.0f msg/s  (ratio %.2f; mark-read p95 %.1f ms)
+  failed API requests                        %10d
+`, a.HistoryRows, a.Users,
+			a.OfferedRate, a.FeedMs.P50, a.FeedMs.P95, a.FeedMs.P99,
+			a.OfferedRate, a.CountsMs.P50, a.CountsMs.P95, a.CountsMs.P99,
+			a.Streams, a.StreamRate, a.DeliveryMs.P50, a.DeliveryMs.P95, a.DeliveryMs.P99, a.Delivered, a.Undelivered,
+			a.IdleStreamKB, a.IdleStreamGoKB, a.MarkRate, a.IngestIdle, a.IngestBusy, a.IngestRatio, a.MarkMs.P95, a.RequestErrors)
 	}
 	return nil
 }

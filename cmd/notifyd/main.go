@@ -23,6 +23,8 @@ type cli struct {
 	DLQ     dlqCmd     `cmd:"" name:"dlq" help:"List, inspect and replay dead letters."`
 	Migrate migrateCmd `cmd:"" help:"Apply the database schema and report its version."`
 	Health  healthCmd  `cmd:"" help:"Exit 0 when a running notifyd answers ready on /readyz (for health checks)."`
+	Serve   serveCmd   `cmd:"" help:"Serve the inbox API alone (feed, read state, live stream), for API replicas."`
+	Token   tokenCmd   `cmd:"" help:"Print a development bearer token for the inbox API."`
 	Version versionCmd `cmd:"" help:"Print the version and build information."`
 }
 

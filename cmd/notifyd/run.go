@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"runtime/debug"
 	"strings"
@@ -63,12 +64,14 @@ type runCmd struct {
 	dbFlags
 	storageFlags
 	logFlags
+	apiFlags
 
 	Group         string        `name:"group" env:"NOTIFYD_GROUP" default:"${group}" help:"Consumer group."`
 	DLQTopic      string        `name:"dlq-topic" env:"NOTIFYD_DLQ_TOPIC" help:"Dead-letter topic; empty means <topic>.dlq."`
 	BatchSize     int           `name:"batch-size" env:"NOTIFYD_BATCH_SIZE" default:"${batch_size}" nonzero:"true" help:"Buffered messages that trigger a write; ready batches coalesce while a write runs."`
 	FlushInterval time.Duration `name:"flush-interval" env:"NOTIFYD_FLUSH_INTERVAL" default:"${flush_interval}" nonzero:"true" help:"Longest a message waits for its batch to fill; a batch is written sooner once the consumer has caught up."`
 	MetricsAddr   string        `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"Address of /metrics, /healthz and /readyz; empty disables them."`
+	APIAddr       string        `name:"api-addr" env:"NOTIFYD_API_ADDR" help:"Address of the inbox API (and its demo page at /), served by this process too; empty serves none (see notifyd serve)."`
 	Pprof         bool          `name:"pprof" env:"NOTIFYD_PPROF" help:"Also serve /debug/pprof on --metrics-addr (profiles show internals and cost CPU while taken)."`
 	DataDir       string        `name:"data-dir" env:"NOTIFYD_DATA_DIR" default:"./notifyd-data" help:"Where the embedded broker keeps its data."`
 
@@ -155,6 +158,7 @@ func (c *runCmd) validate() error {
 	}
 	errs = append(errs, checkBrokers(c.Brokers)...)
 	errs = append(errs, c.kafkaAuthFlags.validate()...)
+	errs = append(errs, c.apiFlags.validate(c.APIAddr)...)
 	if len(c.Brokers) == 0 && (c.TLS || c.TLSCAFile != "" || c.TLSCertFile != "" || c.SASLMechanism != "") {
 		errs = append(errs, errors.New("--tls and --sasl-*: need --brokers (the embedded broker speaks plain text)"))
 	}
@@ -217,6 +221,13 @@ func (c *runCmd) Run(ctx context.Context) error {
 			return err
 		}
 		defer srv.Close()
+	}
+	var apiLn net.Listener
+	if c.APIAddr != "" {
+		if apiLn, err = listenAPI(c.APIAddr); err != nil {
+			return err
+		}
+		defer apiLn.Close()
 	}
 
 	brokers := c.Brokers
@@ -310,6 +321,14 @@ func (c *runCmd) Run(ctx context.Context) error {
 	mctx, stopMaint := context.WithCancel(gctx)
 	defer stopMaint()
 	g.Go(func() error { return maint.Run(mctx) })
+	// The inbox API too: its streams end, then its server drains.
+	actx, stopAPI := context.WithCancel(gctx)
+	defer stopAPI()
+	if apiLn != nil {
+		if err := startAPI(actx, g, apiLn, c.config(), c.apiFlags, log, reg); err != nil {
+			return err
+		}
+	}
 	if srv != nil {
 		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
@@ -319,6 +338,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 	g.Go(func() error {
 		defer stopWatch()
 		defer stopMaint()
+		defer stopAPI()
 		defer func() {
 			if srv != nil {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -37,6 +37,7 @@ import (
 	"github.com/alecthomas/kong"
 
 	"github.com/notifyd/notifyd/internal/admin"
+	"github.com/notifyd/notifyd/internal/api"
 	"github.com/notifyd/notifyd/internal/broker"
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pipeline"
@@ -79,6 +80,8 @@ func settingVars() kong.Vars {
 		"partition_interval":    postgres.DefaultPartitionInterval.String(),
 		"dedupe_window":         postgres.DefaultDedupeWindow.String(),
 		"metrics_addr":          admin.DefaultAddr,
+		"serve_api_addr":        api.DefaultAddr, // serve's; run serves no API unless given one
+		"api_count_cap":         strconv.Itoa(api.DefaultCountCap),
 		// Where the commands that talk to a running `notifyd run` find its
 		// embedded broker.
 		"embedded_broker": "127.0.0.1:" + strconv.Itoa(broker.DefaultPort),

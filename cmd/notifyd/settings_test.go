@@ -121,6 +121,17 @@ func TestBadSettingsFailAtStart(t *testing.T) {
 		{"unknown command", []string{"runn"}, nil, "runn"},
 		{"health: bad address", []string{"health", "--metrics-addr", "localhost"}, nil, "--metrics-addr"},
 		{"health: zero timeout", []string{"health", "--timeout", "0s"}, nil, "--timeout"},
+		{"api without secret", []string{"--api-addr", "127.0.0.1:0"}, nil, "--api-secret"},
+		{"api secret too short", []string{"--api-addr", "127.0.0.1:0", "--api-secret", "short"}, nil, "--api-secret"},
+		{"api addr without port", []string{"--api-addr", "localhost", "--api-secret", "0123456789abcdef"}, nil, "--api-addr"},
+		{"api count cap zero", []string{"--api-addr", "127.0.0.1:0", "--api-secret", "0123456789abcdef", "--api-count-cap", "0"}, nil, "--api-count-cap"},
+		{"serve: no secret", []string{"serve"}, nil, "--api-secret"},
+		{"serve: secret too short from env", []string{"serve"}, []string{"NOTIFYD_API_SECRET=short"}, "--api-secret"},
+		{"serve: api addr empty", []string{"serve", "--api-addr", "", "--api-secret", "0123456789abcdef"}, nil, "--api-addr"},
+		{"serve: count cap negative", []string{"serve", "--api-secret", "0123456789abcdef", "--api-count-cap=-1"}, nil, "--api-count-cap"},
+		{"token: user not a UUID", []string{"token", "--user", "alice", "--api-secret", "0123456789abcdef"}, nil, "--user"},
+		{"token: no secret", []string{"token", "--user", "6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11"}, nil, "--api-secret"},
+		{"token: ttl zero", []string{"token", "--user", "6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11", "--api-secret", "0123456789abcdef", "--ttl", "0s"}, nil, "--ttl"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -229,6 +240,12 @@ func TestSecretsNeverPrinted(t *testing.T) {
 		{"another bad setting beside it", []string{"run", "--batch-size", "abc"}, []string{
 			fmt.Sprintf("NOTIFYD_DATABASE_URL=postgres://app:%s@127.0.0.1:%d/app", secret, port)},
 			"--batch-size"},
+		{"serve with an API secret, to a closed port", []string{"serve", "--api-addr", "127.0.0.1:0", "--metrics-addr", "",
+			"--api-secret", "api-" + secret, "--database-url", fmt.Sprintf("postgres://app@127.0.0.1:%d/app", port)}, nil,
+			"connect to"},
+		{"run with an API secret from env, to a closed port", []string{"run", "--metrics-addr", "", "--brokers", broker,
+			"--api-addr", "127.0.0.1:0", "--database-url", fmt.Sprintf("postgres://app@127.0.0.1:%d/app", port)},
+			[]string{"NOTIFYD_API_SECRET=api-" + secret}, "connect to"},
 		{"migrate to a closed port", []string{"migrate",
 			"--database-url", fmt.Sprintf("postgres://app:%s@127.0.0.1:%d/app", secret, port)}, nil,
 			"connect to"},

@@ -1,0 +1,493 @@
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+)
+
+// Notification is a row of the inbox as the API shows it (SPEC §6).
+type Notification struct {
+	ID         uuid.UUID       `json:"id"`
+	EventType  string          `json:"event_type"`
+	Title      string          `json:"title"`
+	Body       string          `json:"body"`
+	Data       json.RawMessage `json:"data"`
+	CreatedAt  time.Time       `json:"created_at"`
+	ReadAt     *time.Time      `json:"read_at"`
+	SeenAt     *time.Time      `json:"seen_at"`
+	ArchivedAt *time.Time      `json:"archived_at"`
+}
+
+// Counts are a user's unread and unseen rows among those not archived,
+// exact up to the cap.
+type Counts struct {
+	Unread int  `json:"unread"`
+	Unseen int  `json:"unseen"`
+	Capped bool `json:"capped"`
+}
+
+// kind is one of the three read states.
+type kind int
+
+const (
+	kindRead kind = iota
+	kindSeen
+	kindArchived
+)
+
+var kindColumn = [...]string{kindRead: "read", kindSeen: "seen", kindArchived: "archived"}
+
+// watermark is a user's "all up to now" for one kind: rows visible in snap
+// are set (at non-nil) or unset (at nil, an undo of everything), unless
+// changed by id at a later version.
+type watermark struct {
+	exists  bool
+	snap    string
+	at      *time.Time
+	version int64
+}
+
+// marks is a user's row of notifyd_inbox_users.
+type marks struct {
+	version int64
+	kinds   [3]watermark
+}
+
+const marksColumns = `version,
+	read_all_snap::text, read_all_at, read_all_version,
+	seen_all_snap::text, seen_all_at, seen_all_version,
+	archived_all_snap::text, archived_all_at, archived_all_version`
+
+func scanMarks(row pgx.Row) (marks, error) {
+	var m marks
+	var snaps [3]*string
+	var vers [3]*int64
+	err := row.Scan(&m.version,
+		&snaps[0], &m.kinds[0].at, &vers[0],
+		&snaps[1], &m.kinds[1].at, &vers[1],
+		&snaps[2], &m.kinds[2].at, &vers[2])
+	m.fill(snaps, vers)
+	return m, err
+}
+
+func (m *marks) fill(snaps [3]*string, vers [3]*int64) {
+	for k := range m.kinds {
+		if snaps[k] != nil {
+			m.kinds[k].exists, m.kinds[k].snap, m.kinds[k].version = true, *snaps[k], *vers[k]
+		} else {
+			m.kinds[k].at = nil
+		}
+	}
+}
+
+func loadMarks(ctx context.Context, q pgx.Tx, user uuid.UUID) (marks, error) {
+	m, err := scanMarks(q.QueryRow(ctx, `SELECT `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = $1`, user))
+	if err == pgx.ErrNoRows {
+		return marks{}, nil
+	}
+	if err != nil {
+		return marks{}, fmt.Errorf("load read state: %w", err)
+	}
+	return m, nil
+}
+
+// query builds a statement and its arguments together.
+type query struct {
+	sql  strings.Builder
+	args []any
+}
+
+func (q *query) arg(v any) string {
+	q.args = append(q.args, v)
+	return "$" + strconv.Itoa(len(q.args))
+}
+
+func (q *query) add(s ...string) {
+	for _, x := range s {
+		q.sql.WriteString(x)
+	}
+}
+
+// effective is the SQL of a row's effective time for kind k: n is the
+// notification (id, commit_xid), s its LEFT JOINed exception row.
+func (q *query) effective(k kind, w watermark, n, s string) string {
+	col := kindColumn[k]
+	if !w.exists {
+		return s + "." + col + "_at"
+	}
+	covered := fmt.Sprintf("coalesce(%s.%s_version, 0) <= %s AND (%s.commit_xid IS NULL OR pg_visible_in_snapshot(%s.commit_xid, %s::text::pg_snapshot))",
+		s, col, q.arg(w.version), n, n, q.arg(w.snap))
+	then := "NULL::timestamptz"
+	if w.at != nil {
+		// An older exception that set the row keeps its own time.
+		then = fmt.Sprintf("coalesce(%s.%s_at, %s::timestamptz)", s, col, q.arg(*w.at))
+	}
+	return fmt.Sprintf("(CASE WHEN %s THEN %s ELSE %s.%s_at END)", covered, then, s, col)
+}
+
+// feedOptions are the filters and page of GET /v1/inbox.
+type feedOptions struct {
+	limit    int
+	after    *cursor
+	status   string // all, unread, read
+	archived string // false, true, all
+}
+
+func readOnly(ctx context.Context, s *Server, f func(pgx.Tx) error) error {
+	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, f)
+}
+
+func (s *Server) feed(ctx context.Context, user uuid.UUID, o feedOptions) (rows []Notification, next *cursor, err error) {
+	err = readOnly(ctx, s, func(tx pgx.Tx) error {
+		m, err := loadMarks(ctx, tx, user)
+		if err != nil {
+			return err
+		}
+		// The candidates come from the (user_id, created_at) index alone,
+		// newest first, a chunk at a time (with the ties of the last
+		// created_at, so that a chunk ends between keys); their read state
+		// is joined to the chunk only. Joining it in the same scan would
+		// make the planner read the user's whole inbox to sort it.
+		after := o.after
+		chunk := o.limit + 1
+		for len(rows) <= o.limit {
+			cands, err := s.feedChunk(ctx, tx, user, m, after, chunk)
+			if err != nil {
+				return err
+			}
+			for _, n := range cands {
+				if o.keep(n) && len(rows) <= o.limit {
+					rows = append(rows, n)
+				}
+			}
+			if len(cands) < chunk {
+				break // the inbox has no more
+			}
+			last := cands[len(cands)-1]
+			after = &cursor{createdAt: last.CreatedAt, id: last.ID}
+			chunk = min(chunk*2, 1000)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(rows) > o.limit {
+		rows = rows[:o.limit]
+		last := rows[len(rows)-1]
+		next = &cursor{createdAt: last.CreatedAt, id: last.ID}
+	}
+	return rows, next, nil
+}
+
+// keep reports whether n passes the feed's filters.
+func (o feedOptions) keep(n Notification) bool {
+	switch {
+	case o.status == "unread" && n.ReadAt != nil, o.status == "read" && n.ReadAt == nil:
+		return false
+	case o.archived == "false" && n.ArchivedAt != nil, o.archived == "true" && n.ArchivedAt == nil:
+		return false
+	}
+	return true
+}
+
+// feedChunk reads at least chunk of the user's rows after the cursor (all
+// of them if fewer), in feed order, with their effective read state.
+func (s *Server) feedChunk(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, after *cursor, chunk int) ([]Notification, error) {
+	var q query
+	u := q.arg(user)
+	q.add(`WITH c AS MATERIALIZED (SELECT n.id, n.event_type, n.title, n.body, n.data, n.created_at, n.commit_xid
+FROM notifications n WHERE n.user_id = `, u)
+	if after != nil {
+		c, id := q.arg(after.createdAt), q.arg(after.id)
+		q.add(` AND n.created_at <= `, c, ` AND (n.created_at, n.id) < (`, c, `, `, id, `)`)
+	}
+	q.add(` ORDER BY n.created_at DESC FETCH FIRST (`, q.arg(chunk), `) ROWS WITH TIES)
+SELECT c.id, c.event_type, c.title, c.body, c.data, c.created_at, `,
+		q.effective(kindRead, m.kinds[kindRead], "c", "s"), `, `,
+		q.effective(kindSeen, m.kinds[kindSeen], "c", "s"), `, `,
+		q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), `
+FROM c LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+ORDER BY c.created_at DESC, c.id DESC`)
+	r, err := tx.Query(ctx, q.sql.String(), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("read feed: %w", err)
+	}
+	rows, err := pgx.CollectRows(r, scanNotification)
+	if err != nil {
+		return nil, fmt.Errorf("read feed: %w", err)
+	}
+	return rows, nil
+}
+
+func scanNotification(r pgx.CollectableRow) (Notification, error) {
+	var n Notification
+	var data []byte
+	err := r.Scan(&n.ID, &n.EventType, &n.Title, &n.Body, &data, &n.CreatedAt, &n.ReadAt, &n.SeenAt, &n.ArchivedAt)
+	n.Data = jsonOrNull(data)
+	n.CreatedAt = n.CreatedAt.UTC()
+	for _, t := range []*time.Time{n.ReadAt, n.SeenAt, n.ArchivedAt} {
+		if t != nil {
+			*t = t.UTC()
+		}
+	}
+	return n, err
+}
+
+func jsonOrNull(b []byte) json.RawMessage {
+	if b == nil {
+		return json.RawMessage("null")
+	}
+	return json.RawMessage(b)
+}
+
+// counts counts a user's unread and unseen rows, each scan stopping at
+// cap+1 rows found. The rows scanned are those that can still count: all
+// the user's rows when no watermark covers them, else only the rows the
+// chosen watermark does not cover and the exceptions newer than it.
+func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks) (Counts, error) {
+	cs, err := s.countsOf(ctx, tx, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	return cs[user], err
+}
+
+// countsOf counts for several users in one round trip (two statements a
+// user, sent as one batch).
+func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+	var b pgx.Batch
+	for _, u := range users {
+		for _, k := range []kind{kindRead, kindSeen} {
+			q := s.countUnsetQuery(u, ms[u], k, true, s.cfg.CountCap+1)
+			b.Queue(q.sql.String(), q.args...)
+		}
+	}
+	res := tx.SendBatch(ctx, &b)
+	out := make(map[uuid.UUID]Counts, len(users))
+	for _, u := range users {
+		var c Counts
+		for _, n := range []*int{&c.Unread, &c.Unseen} {
+			if err := res.QueryRow().Scan(n); err != nil {
+				res.Close()
+				return nil, fmt.Errorf("count: %w", err)
+			}
+			if *n > s.cfg.CountCap {
+				*n, c.Capped = s.cfg.CountCap, true
+			}
+		}
+		out[u] = c
+	}
+	return out, res.Close()
+}
+
+// marksOf loads the read state of several users.
+func marksOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID) (map[uuid.UUID]marks, error) {
+	r, err := tx.Query(ctx, `SELECT user_id, `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = ANY($1)`, users)
+	if err != nil {
+		return nil, fmt.Errorf("load read state: %w", err)
+	}
+	out := make(map[uuid.UUID]marks, len(users))
+	for r.Next() {
+		var u uuid.UUID
+		var m marks
+		var snaps [3]*string
+		var vers [3]*int64
+		if err := r.Scan(&u, &m.version,
+			&snaps[0], &m.kinds[0].at, &vers[0],
+			&snaps[1], &m.kinds[1].at, &vers[1],
+			&snaps[2], &m.kinds[2].at, &vers[2]); err != nil {
+			r.Close()
+			return nil, fmt.Errorf("load read state: %w", err)
+		}
+		m.fill(snaps, vers)
+		out[u] = m
+	}
+	if err := r.Err(); err != nil {
+		return nil, fmt.Errorf("load read state: %w", err)
+	}
+	return out, nil
+}
+
+// countUnset counts, up to limit, the user's rows whose kind k is unset
+// (and, with notArchived, that are not archived).
+func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
+	q := s.countUnsetQuery(user, m, k, notArchived, limit)
+	var n int
+	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
+	return n, err
+}
+
+func (s *Server) countUnsetQuery(user uuid.UUID, m marks, k kind, notArchived bool, limit int) *query {
+	q := &query{}
+	u := q.arg(user)
+	// The watermark that leaves the fewest candidates: a row it covers is
+	// set (for k, or archived) unless an exception newer than it says not.
+	var w watermark
+	wk := k
+	choices := []kind{k}
+	if notArchived {
+		choices = append(choices, kindArchived)
+	}
+	for _, c := range choices {
+		if cw := m.kinds[c]; cw.exists && cw.at != nil && (!w.exists || snapXmin(cw.snap) > snapXmin(w.snap)) {
+			w, wk = cw, c
+		}
+	}
+	var cand string
+	if !w.exists {
+		cand = allRows(u)
+	} else {
+		snap, ver := q.arg(w.snap), q.arg(w.version)
+		cand = `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u +
+			` AND n.commit_xid >= pg_snapshot_xmin(` + snap + `::text::pg_snapshot)
+UNION ALL
+SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
+JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
+WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
+  AND (n.commit_xid IS NULL OR n.commit_xid < pg_snapshot_xmin(` + snap + `::text::pg_snapshot))`
+	}
+	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, cand, `) c
+LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
+	if notArchived {
+		q.add(` AND `, q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), ` IS NULL`)
+	}
+	q.add(` LIMIT `, q.arg(limit), `) x`)
+	return q
+}
+
+// countSet counts, up to limit, the user's rows whose kind k is set: all
+// rows are candidates while a watermark sets them, else only the rows set
+// by id.
+func (s *Server) countSet(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+	var q query
+	u := q.arg(user)
+	cand := allRows(u)
+	if w := m.kinds[k]; !w.exists || w.at == nil {
+		cand = `SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
+JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
+WHERE e.user_id = ` + u + ` AND e.` + kindColumn[k] + `_at IS NOT NULL`
+	}
+	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, cand, `) c
+LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NOT NULL LIMIT `, q.arg(limit), `) x`)
+	var n int
+	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
+	return n, err
+}
+
+// allRows selects (id, commit_xid) of all the rows of user u from the
+// indexes alone (migration 0003), without reading table pages.
+func allRows(u string) string {
+	return `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u + ` AND n.commit_xid IS NOT NULL
+UNION ALL
+SELECT n.id, NULL::xid8 FROM notifications n WHERE n.user_id = ` + u + ` AND n.commit_xid IS NULL`
+}
+
+// snapXmin is the xmin of a pg_snapshot's text form, xmin:xmax:xip.
+func snapXmin(snap string) uint64 {
+	x, _, _ := strings.Cut(snap, ":")
+	v, _ := strconv.ParseUint(x, 10, 64)
+	return v
+}
+
+func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (c Counts, err error) {
+	err = readOnly(ctx, s, func(tx pgx.Tx) error {
+		m, err := loadMarks(ctx, tx, user)
+		if err != nil {
+			return err
+		}
+		c, err = s.counts(ctx, tx, user, m)
+		return err
+	})
+	return c, err
+}
+
+// change sets (set) or unsets kind k of the user's rows with the given ids,
+// or of all the user's rows committed now (all). It returns how many rows
+// changed (for all, exact up to the cap) and the counts after it.
+func (s *Server) change(ctx context.Context, user uuid.UUID, k kind, set bool, ids []uuid.UUID, all bool) (updated int, c Counts, err error) {
+	col := kindColumn[k]
+	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		// The version bump takes the user's row lock: one user's changes
+		// are ordered, and the statements below see the latest of them.
+		m, err := scanMarks(tx.QueryRow(ctx, `INSERT INTO notifyd_inbox_users AS u (user_id, version) VALUES ($1, 1)
+ON CONFLICT (user_id) DO UPDATE SET version = u.version + 1
+RETURNING `+marksColumns, user))
+		if err != nil {
+			return fmt.Errorf("lock read state: %w", err)
+		}
+		if all {
+			updated, err = s.changeAll(ctx, tx, user, m, k, set)
+		} else {
+			updated, err = s.changeIDs(ctx, tx, user, m, k, set, ids)
+		}
+		if err != nil {
+			return fmt.Errorf("mark %s: %w", col, err)
+		}
+		if _, err := tx.Exec(ctx, `SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String()); err != nil {
+			return fmt.Errorf("notify streams: %w", err)
+		}
+		if m, err = loadMarks(ctx, tx, user); err != nil {
+			return err
+		}
+		c, err = s.counts(ctx, tx, user, m)
+		return err
+	})
+	return updated, c, err
+}
+
+func (s *Server) changeIDs(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool, ids []uuid.UUID) (int, error) {
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	col := kindColumn[k]
+	var q query
+	u := q.arg(user)
+	eff := q.effective(k, m.kinds[k], "t", "s")
+	newAt, want := "NULL::timestamptz", "IS NOT NULL"
+	if set {
+		newAt, want = "now()", "IS NULL"
+	}
+	// Only the caller's own rows are looked up, so another user's ids are
+	// ignored like unknown ones.
+	q.add(`INSERT INTO notifyd_inbox_state AS x (user_id, notification_id, created_at, `, col, `_at, `, col, `_version)
+SELECT `, u, `, t.id, t.created_at, `, newAt, `, `, q.arg(m.version), `
+FROM (SELECT DISTINCT ON (n.id) n.id, n.created_at, n.commit_xid FROM notifications n
+      WHERE n.user_id = `, u, ` AND n.id = ANY(`, q.arg(ids), `) ORDER BY n.id, n.created_at DESC) t
+LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = t.id
+WHERE `, eff, ` `, want, `
+ON CONFLICT (user_id, notification_id) DO UPDATE SET `, col, `_at = EXCLUDED.`, col, `_at, `, col, `_version = EXCLUDED.`, col, `_version`)
+	tag, err := tx.Exec(ctx, q.sql.String(), q.args...)
+	if err != nil {
+		return 0, err
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool) (int, error) {
+	col := kindColumn[k]
+	// How many rows change, up to the cap, before the watermark moves.
+	count := s.countSet
+	if set {
+		count = func(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+			return s.countUnset(ctx, tx, user, m, k, false, limit)
+		}
+	}
+	n, err := count(ctx, tx, user, m, k, s.cfg.CountCap)
+	if err != nil {
+		return 0, err
+	}
+	at := "now()"
+	if !set {
+		at = "NULL"
+	}
+	_, err = tx.Exec(ctx, `UPDATE notifyd_inbox_users SET `+col+`_all_snap = pg_current_snapshot(), `+
+		col+`_all_at = `+at+`, `+col+`_all_version = version WHERE user_id = $1`, user)
+	return n, err
+}

@@ -1,0 +1,50 @@
+package api
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func TestMetrics(t *testing.T) {
+	e := newEnv(t, Config{}, "")
+	user := uuid.New()
+	e.do(user, "GET", "/v1/inbox", nil, nil)
+	e.do(user, "GET", "/v1/inbox?limit=0", nil, nil)
+	e.do(uuid.Nil, "GET", "/v1/inbox/counts", nil, nil)
+	m := e.api.metrics
+	for _, c := range []struct {
+		route, code string
+		want        float64
+	}{{"GET /v1/inbox", "200", 1}, {"GET /v1/inbox", "400", 1}, {"GET /v1/inbox/counts", "401", 1}} {
+		if got := testutil.ToFloat64(m.requests.WithLabelValues(c.route, c.code)); got != c.want {
+			t.Errorf("requests{%s,%s}: got %v, want %v", c.route, c.code, got, c.want)
+		}
+	}
+	if n := testutil.CollectAndCount(m.latency); n != 2 {
+		t.Errorf("latency series: got %d, want 2 (the two routes)", n)
+	}
+	s := e.openStream(user, "")
+	s.next(t, "counts", 5*time.Second)
+	if got := testutil.ToFloat64(m.open); got != 1 {
+		t.Errorf("open streams: got %v, want 1", got)
+	}
+	e.write(row(user, time.Now(), "x"))
+	s.notifications(t, 1, 5*time.Second)
+	if got := testutil.ToFloat64(m.events.WithLabelValues("notification")); got != 1 {
+		t.Errorf("notification events: got %v, want 1", got)
+	}
+	s.close()
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(m.open) != 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := testutil.ToFloat64(m.open); got != 0 {
+		t.Errorf("open streams after close: got %v, want 0", got)
+	}
+	if got := testutil.ToFloat64(m.dropped); got != 0 {
+		t.Errorf("dropped: got %v, want 0", got)
+	}
+}

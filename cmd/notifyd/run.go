@@ -225,7 +225,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 			return fmt.Errorf("--data-dir: %w", err)
 		}
 		emb, err := broker.Start(broker.Config{
-			DataDir: c.DataDir, Topics: []string{c.Topic, dlqTopic}, Partitions: 3,
+			DataDir: c.DataDir, Topics: []string{c.Topic}, Partitions: 3,
 			Logger: log.With("component", "broker"),
 		})
 		if err != nil {
@@ -263,7 +263,6 @@ func (c *runCmd) Run(ctx context.Context) error {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.WithLogger(newKafkaLogger(log)),
-		kgo.WithHooks(kp),
 		kgo.SessionTimeout(c.SessionTimeout),
 		kgo.HeartbeatInterval(c.SessionTimeout / 4),
 		kgo.RebalanceTimeout(c.RebalanceTimeout),
@@ -276,17 +275,19 @@ func (c *runCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
-	// The dead-letter topic must exist before a bad message arrives; the
-	// input topic is the producers' business when a cluster is given.
-	topics := []string{dlqTopic}
-	if len(c.Brokers) == 0 {
-		// The embedded broker's data dir may predate this --topic.
-		topics = append(topics, c.Topic)
-	}
+	// The input topic is the producers' business when a cluster is given;
+	// the embedded broker's data dir may predate this --topic. The
+	// dead-letter topic must exist before a bad message arrives, and take
+	// any record the input topic takes.
 	defer adm.Close()
 	watch = &topicWatch{adm: kadm.NewClient(adm), topic: c.Topic, log: log}
 	err = whileWaiting(ctx, log, "the Kafka brokers to answer", func(ctx context.Context) error {
-		if err := broker.EnsureTopics(ctx, watch.adm, 3, topics...); err != nil {
+		if len(c.Brokers) == 0 {
+			if err := broker.EnsureTopics(ctx, watch.adm, 3, c.Topic); err != nil {
+				return err
+			}
+		}
+		if err := dlq.EnsureTopic(ctx, watch.adm, log, dlqTopic, c.Topic, 3); err != nil {
 			return err
 		}
 		return watch.check(ctx)
@@ -298,6 +299,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		return stoppedDuringStart(ctx, log, err)
 	}
 
+	cfg.Hooks = []kgo.Hook{kp}
 	p, err = pipeline.New(cfg, store, log, reg, opts...)
 	if err != nil {
 		return err

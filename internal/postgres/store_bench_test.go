@@ -33,14 +33,13 @@ func BenchmarkStoreWrite(b *testing.B) {
 			}
 			rows := testRows(n)
 			from, seq := NoOffset, uint64(0)
-			reject := func(context.Context, []Rejected) error { return fmt.Errorf("unexpected reject") }
 			for b.Loop() {
 				for i := range rows {
 					seq++
 					binary.BigEndian.PutUint64(rows[i].ID[8:], seq) // a new id each time
 				}
 				to := max(from, 0) + int64(n)
-				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows}, reject)
+				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
 				if err != nil || res.Inserted != n {
 					b.Fatalf("write: %+v, %v", res, err)
 				}
@@ -94,7 +93,6 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
 			rows := testRows(n)
 			var probe time.Duration
-			reject := func(context.Context, []Rejected) error { return fmt.Errorf("unexpected reject") }
 			for b.Loop() {
 				for i := range rows {
 					rows[i].ID = uuid.New()
@@ -107,7 +105,7 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 				}
 				probe += time.Since(start)
 				to := max(from, 0) + int64(n)
-				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows}, reject)
+				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
 				if err != nil || res.Inserted != n {
 					b.Fatalf("write: %+v, %v", res, err)
 				}

@@ -78,6 +78,11 @@ type Config struct {
 	Retry   retry.Policy
 	Breaker retry.BreakerConfig
 
+	// AllowOtherGroups lets Run start although another consumer group
+	// holds positions of Topic in the same database (it logs a warning);
+	// otherwise Run refuses to start, naming the other group.
+	AllowOtherGroups bool
+
 	// Hooks are given to the consuming Kafka client only (the client
 	// metrics): a hook such as kprom's registers its metrics once, and the
 	// dead-letter relay's clients must not register them again.

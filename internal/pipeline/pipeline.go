@@ -191,6 +191,9 @@ func (p *Pipeline) oldestUnwritten() float64 {
 // relay publishes the last dead letters after the final write. Run returns
 // nil after a clean shutdown.
 func (p *Pipeline) Run(ctx context.Context) error {
+	if err := p.checkGroups(ctx); err != nil {
+		return err
+	}
 	cl, err := kgo.NewClient(p.opts...)
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
@@ -243,6 +246,32 @@ func (p *Pipeline) Run(ctx context.Context) error {
 			c.rows, p.cfg.ShutdownTimeout, werr)
 	}
 	return nil
+}
+
+// ErrOtherGroup is returned by Run when another consumer group already
+// stores the topic into the same database and AllowOtherGroups is not set.
+var ErrOtherGroup = errors.New("another consumer group stores this topic into this database")
+
+// checkGroups refuses to start when another group holds positions of the
+// topic in the database: both would store every message (deduplicated by
+// id) and dead-letter every invalid one twice.
+func (p *Pipeline) checkGroups(ctx context.Context) error {
+	var others []string
+	err := p.retryForever(ctx, "database", func(ctx context.Context) error {
+		var err error
+		others, err = p.store.OtherGroups(ctx, p.cfg.Topic, p.cfg.Group)
+		return err
+	})
+	if err != nil || len(others) == 0 {
+		return err
+	}
+	if p.cfg.AllowOtherGroups {
+		p.log.Warn("other consumer groups store this topic into this database too: every message is stored by each (deduplicated by id) and dead-lettered by each",
+			"topic", p.cfg.Topic, "group", p.cfg.Group, "other_groups", others)
+		return nil
+	}
+	return fmt.Errorf("%w: group %q holds positions of topic %q, and --group is %q; stop it and remove its positions, rename it (docs/operations.md), or set --allow-other-groups",
+		ErrOtherGroup, others[0], p.cfg.Topic, p.cfg.Group)
 }
 
 // control carries assignments and revocations from franz-go's group

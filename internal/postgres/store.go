@@ -349,8 +349,8 @@ func (s *Store) writeRows(ctx context.Context, b *Batch) (Result, error) {
 	}
 	if err != nil && retry.IsDataError(err) {
 		// A row the database refuses aborts the transaction; run it again,
-		// this time isolating the bad rows behind savepoints. The common
-		// path pays for no savepoints.
+		// this time isolating the bad rows, in one round trip. The common
+		// path pays for no subtransactions.
 		wasted++
 		res, err = s.write(ctx, b, modeIsolate)
 	}
@@ -364,7 +364,7 @@ type mode int
 const (
 	modeCopy    mode = iota // binary COPY into the table: fastest, refuses any duplicate id
 	modeUpsert              // one INSERT … ON CONFLICT (id) DO NOTHING of column arrays
-	modeIsolate             // modeUpsert behind savepoints, bisecting rows the database refuses
+	modeIsolate             // each row in a subtransaction of its own, on the server (insertEach)
 )
 
 // copyMinRows is the batch size from which writes try COPY first, and
@@ -405,7 +405,7 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err er
 	switch m {
 	case modeIsolate:
 		// The whole batch is known to fail: the write before this one said so.
-		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, true, &res)
+		bad, err = insertEach(ctx, tx, b.Rows, &res)
 	default:
 		var n int64
 		if m == modeCopy {
@@ -504,43 +504,4 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 		}
 	}
 	return fe
-}
-
-// insertIsolating inserts rows behind a savepoint; when the database
-// rejects them for their data it splits them in halves and recurses. A
-// half whose sibling went in whole must hold the bad row, so it is split
-// without trying it (failing says so); a single row is always tried, for
-// its own error. k bad rows among n cost about k·log2(n/k) statements.
-func (s *Store) insertIsolating(ctx context.Context, tx pgx.Tx, rows []notification.Notification, base int, failing bool, res *Result) ([]Rejected, error) {
-	if !failing || len(rows) == 1 {
-		sp, err := tx.Begin(ctx)
-		if err != nil {
-			return nil, err
-		}
-		n, err := insertRows(ctx, sp, rows)
-		res.Statements++
-		if err == nil {
-			res.Inserted += int(n)
-			return nil, sp.Commit(ctx)
-		}
-		if rbErr := sp.Rollback(ctx); rbErr != nil {
-			return nil, rbErr
-		}
-		if !retry.IsDataError(err) {
-			return nil, err
-		}
-		if len(rows) == 1 {
-			return []Rejected{{Index: base, Err: err}}, nil
-		}
-	}
-	mid := len(rows) / 2
-	left, err := s.insertIsolating(ctx, tx, rows[:mid], base, false, res)
-	if err != nil {
-		return nil, err
-	}
-	right, err := s.insertIsolating(ctx, tx, rows[mid:], base+mid, len(left) == 0, res)
-	if err != nil {
-		return nil, err
-	}
-	return append(left, right...), nil
 }

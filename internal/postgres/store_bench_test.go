@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pgtest"
 )
 
@@ -115,4 +116,47 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 			b.ReportMetric((float64(b.Elapsed().Microseconds())/1000-float64(probe.Microseconds())/1000)/float64(b.N), "write-ms/tx")
 		})
 	}
+}
+
+// BenchmarkAllRefused measures a write whose every row the database
+// refuses: each row isolated and recorded as a dead letter. It reports
+// rows per second.
+func BenchmarkAllRefused(b *testing.B) {
+	url := pgtest.Schema(b)
+	st, err := Open(context.Background(), Config{URL: url})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Pool().Exec(ctx, "ALTER TABLE notifications ADD CONSTRAINT no_bad CHECK (title <> 'BAD')"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Claim(ctx, "bench", "t", []int32{0}); err != nil {
+		b.Fatal(err)
+	}
+	const n = 2500
+	from := NoOffset
+	rows := 0
+	for b.Loop() {
+		batch := make([]notification.Notification, n)
+		for i := range batch {
+			batch[i] = notification.Notification{ID: uuid.New(), UserID: uuid.New(), EventType: "e", Title: "BAD", Body: "b",
+				CreatedAt: time.Now()}
+		}
+		to := max(from, 0) + n
+		res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", DLQTopic: "d", Ranges: []Range{{0, from, to}}, Rows: batch,
+			Refused: func(i int, err error) DeadLetter {
+				return DeadLetter{Topic: "t", Offset: int64(i), Class: "store", Reason: err.Error(), Value: []byte("v")}
+			}})
+		if err != nil || res.Rejected != n {
+			b.Fatalf("write: %+v, %v", res, err)
+		}
+		from = to
+		rows += n
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
 }

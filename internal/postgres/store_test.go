@@ -577,9 +577,9 @@ func TestWriteIsolatesRowsTheDatabaseRejects(t *testing.T) {
 	if res.Inserted != n-k || res.Rejected != k || res.Duplicates != 0 {
 		t.Fatalf("result: got %+v, want Inserted %d, Rejected %d, Duplicates 0", res, n-k, k)
 	}
-	// Bisection: about 2·k·log2(n/k)+1 statements, far below one per row.
-	if res.Statements > 60 {
-		t.Fatalf("statements: got %d, want at most 60", res.Statements)
+	// The COPY that failed, then one statement isolating every row.
+	if res.Statements != 2 {
+		t.Fatalf("statements: got %d, want 2", res.Statements)
 	}
 	ids := storedIDs(t, st)
 	if len(ids) != n-k {
@@ -726,5 +726,48 @@ func TestWriteRecognisesItsOwnCommittedAttempt(t *testing.T) {
 	var fe *FencedError
 	if _, err := st.Write(ctx, &other); !errors.As(err, &fe) {
 		t.Fatalf("another batch over the same ranges: got %v, want *FencedError", err)
+	}
+}
+
+// Behaviour 7: a batch whose every row the database refuses is isolated in
+// a number of round trips that does not grow with its rows, so that it fits
+// inside the default --write-timeout (5 s) over a network with 1 ms round
+// trips (the proxy adds the delay).
+func TestAllRefusedBatchIsolatedInConstantRoundTrips(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	st := openStore(t, url)
+	if _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	addBadTitleCheck(t, st)
+	proxy, proxied := pgtest.Proxied(t, url)
+	slow := openStore(t, proxied)
+	proxy.SetDelay(time.Millisecond)
+	claim(t, slow, 0)
+	for _, n := range []int{10, 2500} {
+		rows := testRows(n)
+		for i := range rows {
+			rows[i].Title = "BAD"
+		}
+		from := claim(t, slow, 0)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		start := time.Now()
+		res, err := slow.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, DLQTopic: "d",
+			Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + int64(n)}}, Rows: rows,
+			Refused: func(i int, err error) DeadLetter {
+				return DeadLetter{Topic: testTopic, Offset: int64(i), Class: "store", Reason: err.Error()}
+			}})
+		cancel()
+		if err != nil {
+			t.Fatalf("%d refused rows at 1 ms round trips: %v", n, err)
+		}
+		t.Logf("%d refused rows at 1 ms round trips: %s, %d statements", n, time.Since(start).Round(time.Millisecond), res.Statements)
+		if res.Rejected != n || res.Inserted != 0 || res.Statements != 2 {
+			t.Fatalf("%d refused rows: got %+v, want Rejected %d, Inserted 0, Statements 2 (whatever the rows)", n, res, n)
+		}
+	}
+	if got := deadLetterCount(t, st); got != 2510 {
+		t.Fatalf("dead letters: got %d, want 2510", got)
 	}
 }

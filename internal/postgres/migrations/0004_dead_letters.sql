@@ -38,3 +38,42 @@ CREATE INDEX IF NOT EXISTS notifyd_dead_letters_pending
 -- the acknowledgement of its COMMIT finds its own token and knows the
 -- transaction committed.
 ALTER TABLE notifyd_offsets ADD COLUMN IF NOT EXISTS writer_token uuid;
+
+-- Inserts rows one at a time, each in a subtransaction of its own, as the
+-- write path's insertSQL does (the same columns, ON CONFLICT DO NOTHING),
+-- and returns the rows the database refused for their data (SQLSTATE
+-- classes 22 and 23) with the reason, then one row with idx NULL and the
+-- number of rows inserted. A batch the database refuses is thus isolated in
+-- one round trip, whatever its size. The INSERT is static, not insertSQL
+-- run by EXECUTE: a cached plan instead of one planned per row (about 3
+-- times as fast; BenchmarkAllRefused). Creating a function locks nothing.
+CREATE OR REPLACE FUNCTION notifyd_insert_each(ids uuid[], users uuid[], types text[],
+    titles text[], bodies text[], datas jsonb[], created timestamptz[])
+RETURNS TABLE (idx integer, inserted bigint, state text, message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+    total bigint := 0;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(ids, 1), 0) LOOP
+        BEGIN
+            INSERT INTO notifications (id, user_id, event_type, title, body, data, created_at)
+            VALUES (ids[i], users[i], types[i], titles[i], bodies[i], datas[i], created[i])
+            ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS n = ROW_COUNT;
+            total := total + n;
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+            idx := i - 1;
+            inserted := NULL;
+            state := SQLSTATE;
+            message := SQLERRM;
+            RETURN NEXT;
+        END;
+    END LOOP;
+    idx := NULL;
+    inserted := total;
+    state := NULL;
+    message := NULL;
+    RETURN NEXT;
+END
+$$;

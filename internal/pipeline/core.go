@@ -37,6 +37,7 @@ type partition struct {
 	entries []entry
 	readAt  time.Time // read time of the first entry
 	caught  bool      // the last fetch reached the high watermark
+	hwm     int64     // the partition's end offset as of the last fetch
 	writing bool      // in a write now
 
 	// A partition whose write failed after its retries is set aside: its
@@ -198,6 +199,7 @@ func (c *core) control() {
 					delete(c.parts, id)
 					delete(c.recheck, id)
 					c.p.m.storedPosition.DeleteLabelValues(partLabel(id))
+					c.p.m.lag.DeleteLabelValues(partLabel(id))
 				}
 			}
 		}
@@ -253,6 +255,8 @@ func (c *core) add(fetches kgo.Fetches) int {
 		}
 		last := fp.Records[len(fp.Records)-1]
 		ps.caught = last.Offset+1 >= fp.HighWatermark
+		ps.hwm = max(ps.hwm, fp.HighWatermark)
+		c.p.m.lag.WithLabelValues(partLabel(fp.Partition)).Set(float64(max(ps.hwm-max(ps.stored, 0), 0)))
 	})
 	c.p.m.consumed.Add(float64(kept))
 	c.p.m.bufferedRows.Set(float64(c.rows))
@@ -329,9 +333,9 @@ func (c *core) positions() map[int32]int64 {
 
 // publish makes a new snapshot for the other goroutines.
 func (c *core) publish() {
-	s := &snapshot{held: len(c.parts), buffered: c.rows, stored: make(map[int32]int64, len(c.parts))}
+	s := &snapshot{held: len(c.parts), buffered: c.rows, stored: make(map[int32]int64, len(c.parts)), hwm: make(map[int32]int64, len(c.parts))}
 	for id, ps := range c.parts {
-		s.stored[id] = ps.stored
+		s.stored[id], s.hwm[id] = ps.stored, ps.hwm
 		if len(ps.entries) > 0 && (s.oldest.IsZero() || ps.readAt.Before(s.oldest)) {
 			s.oldest = ps.readAt
 		}

@@ -39,7 +39,9 @@ func (p *Pipeline) lagLoop(ctx context.Context) {
 			if !ok || end.Err != nil {
 				continue
 			}
-			lag := max(end.Offset-max(pos, 0), 0)
+			// A fetch may have seen a later end than this answer, if
+			// the answer is older than the fetch.
+			lag := max(max(end.Offset, s.hwm[id])-max(pos, 0), 0)
 			total += lag
 			p.m.lag.WithLabelValues(partLabel(id)).Set(float64(lag))
 			shown[id] = true

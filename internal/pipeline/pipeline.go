@@ -73,6 +73,7 @@ type snapshot struct {
 	held     int
 	buffered int
 	stored   map[int32]int64 // stored position of each held partition
+	hwm      map[int32]int64 // end offset of each held partition as of its last fetch
 	oldest   time.Time       // read time of the oldest message not yet committed; zero if none
 }
 

@@ -242,6 +242,7 @@ func (c *core) result(r *writeResult) {
 		ps.failures = 0
 		pos[pb.id] = pb.to
 		p.m.storedPosition.WithLabelValues(partLabel(pb.id)).Set(float64(pb.to))
+		p.m.lag.WithLabelValues(partLabel(pb.id)).Set(float64(max(ps.hwm-pb.to, 0)))
 	}
 	p.commitKafka(context.Background(), pos, false)
 	if p.cfg.OnCommit != nil {

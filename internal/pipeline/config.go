@@ -90,7 +90,8 @@ type Config struct {
 
 	// OnCommit, if not nil, is called after each committed write with the
 	// timestamps of the batch's records and how long the write took. It
-	// runs on the consume goroutine: keep it short. For benchmarks.
+	// runs on the writer's goroutine, one call at a time: keep it short.
+	// For benchmarks.
 	OnCommit func(stamps []time.Time, took time.Duration)
 }
 

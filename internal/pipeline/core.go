@@ -75,9 +75,16 @@ func (c *core) consume(ctx context.Context) {
 			continue
 		}
 		pollCtx, cancel := context.WithTimeout(ctx, c.pollWait())
+		// A writer that reports ends the poll, so that its next batch (and
+		// its result) need not wait for the poll's timeout.
+		p.pollCancel.Store(&cancel)
+		if len(p.results) > 0 {
+			cancel()
+		}
 		// Take no more than the buffer has room for: MaxBufferedRows is a
 		// bound, not a threshold that one poll may overshoot.
 		fetches := p.client.PollRecords(pollCtx, min(p.cfg.BatchSize*4, room))
+		p.pollCancel.Store(nil)
 		cancel()
 		if fetches.IsClientClosed() {
 			return

@@ -59,8 +59,10 @@ type Pipeline struct {
 	gate    gate              // partitions in a write; revoked ones closed
 	results chan *writeResult // writers → consume goroutine
 
-	snap               atomic.Pointer[snapshot] // published by the consume goroutine
-	lag                atomic.Int64             // total lag, from the lag goroutine
+	snap               atomic.Pointer[snapshot]           // published by the consume goroutine
+	pollCancel         atomic.Pointer[context.CancelFunc] // ends the consume goroutine's poll in progress; nil between polls
+	onCommitMu         sync.Mutex                         // one Config.OnCommit call at a time
+	lag                atomic.Int64                       // total lag, from the lag goroutine
 	started, stopping  atomic.Bool
 	nStored, nDead     atomic.Int64 // totals for the status line
 	nDup               atomic.Int64

@@ -245,15 +245,6 @@ func (c *core) result(r *writeResult) {
 		p.m.lag.WithLabelValues(partLabel(pb.id)).Set(float64(max(ps.hwm-pb.to, 0)))
 	}
 	p.commitKafka(context.Background(), pos, false)
-	if p.cfg.OnCommit != nil {
-		stamps := make([]time.Time, 0, b.messages())
-		for i := range b.parts {
-			for _, e := range b.parts[i].entries {
-				stamps = append(stamps, e.rec.Timestamp)
-			}
-		}
-		p.cfg.OnCommit(stamps, r.took)
-	}
 }
 
 // sql derives the store's batch from b.
@@ -289,6 +280,9 @@ func (p *Pipeline) writeLoop(ctx context.Context, w *writer) {
 			p.gate.end([]int32{id})
 		}
 		p.results <- r
+		if cancel := p.pollCancel.Load(); cancel != nil {
+			(*cancel)()
+		}
 	}
 }
 
@@ -382,6 +376,17 @@ func (p *Pipeline) committed(b *batch, sb *postgres.Batch, res postgres.Result, 
 		for _, e := range b.parts[i].entries {
 			p.m.e2eSeconds.Observe(now.Sub(e.rec.Timestamp).Seconds())
 		}
+	}
+	if p.cfg.OnCommit != nil {
+		stamps := make([]time.Time, 0, b.messages())
+		for i := range b.parts {
+			for _, e := range b.parts[i].entries {
+				stamps = append(stamps, e.rec.Timestamp)
+			}
+		}
+		p.onCommitMu.Lock()
+		p.cfg.OnCommit(stamps, took)
+		p.onCommitMu.Unlock()
 	}
 	if res.Rejected > 0 {
 		p.log.Warn("rows refused by the database were dead-lettered", "rejected", res.Rejected, "stored", res.Inserted, "statements", res.Statements)

@@ -445,6 +445,38 @@ func (w *world) checkDeadLetters() (dups int) {
 	if read < total {
 		w.t.Fatalf("read %d of the %d dead letters", read, total)
 	}
+	// A letter not yet published (its relay was stopped) or refused by the
+	// topic is in the dead-letter table: dead-lettered all the same.
+	rows, err := w.pool.Query(ctx, `SELECT source_partition, source_offset, value, class FROM notifyd_dead_letters
+		WHERE source_topic = $1`, inputTopic)
+	if err != nil {
+		w.t.Fatalf("read the dead-letter table: %v", err)
+	}
+	inTable := 0
+	for rows.Next() {
+		var pos srcPos
+		var value []byte
+		var class string
+		if err := rows.Scan(&pos.partition, &pos.offset, &value, &class); err != nil {
+			w.t.Fatal(err)
+		}
+		inTable++
+		inv, ok := want[pos]
+		if !ok {
+			w.t.Errorf("dead letter of %d/%d in the table: no invalid message was sent there", pos.partition, pos.offset)
+			continue
+		}
+		if !bytes.Equal(value, inv.value) || (class != "decode" && class != "validate") {
+			w.t.Errorf("dead letter of %d/%d in the table: got %q (%s), want %q", pos.partition, pos.offset, value, class, inv.value)
+		}
+		got[pos]++
+	}
+	if err := rows.Err(); err != nil {
+		w.t.Fatal(err)
+	}
+	if inTable > 0 {
+		w.t.Logf("%d dead letters in the table notifyd_dead_letters, %d in the topic", inTable, read)
+	}
 	missing := 0
 	for pos, inv := range want {
 		if got[pos] == 0 {

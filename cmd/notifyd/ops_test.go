@@ -166,6 +166,15 @@ func (e *opsEnv) waitDrained(group string) {
 				return false, fmt.Sprintf("stored positions %v, want end offsets %v", stored, ends)
 			}
 		}
+		// Dead letters are published after the commit that records them.
+		var pending int
+		if err := e.pool.QueryRow(context.Background(),
+			"SELECT count(*) FROM notifyd_dead_letters WHERE kept_reason IS NULL").Scan(&pending); err != nil {
+			return false, err.Error()
+		}
+		if pending > 0 {
+			return false, fmt.Sprintf("%d dead letters not yet published", pending)
+		}
 		return true, ""
 	})
 }

@@ -85,6 +85,8 @@ type runCmd struct {
 	MemoryLimit      int64         `name:"memory-limit" env:"NOTIFYD_MEMORY_LIMIT" default:"33554432" help:"Soft limit of the Go heap in bytes (the GC works harder near it); 0 leaves it to GOMEMLIMIT or unset. Ignored when GOMEMLIMIT is set."`
 	ShutdownTimeout  time.Duration `name:"shutdown-timeout" env:"NOTIFYD_SHUTDOWN_TIMEOUT" default:"${shutdown_timeout}" nonzero:"true" help:"Longest the final write may take on shutdown."`
 	WriteTimeout     time.Duration `name:"write-timeout" env:"NOTIFYD_WRITE_TIMEOUT" default:"${write_timeout}" nonzero:"true" help:"Longest one write attempt may take before it counts as failed and is retried."`
+	Writers          int           `name:"writers" env:"NOTIFYD_WRITERS" default:"${writers}" nonzero:"true" help:"Parallel writers, each with its own database connection and its own share of the partitions (partition id modulo N); needs --db-max-conns above N."`
+	AllowOtherGroups bool          `name:"allow-other-groups" env:"NOTIFYD_ALLOW_OTHER_GROUPS" help:"Start even when another consumer group has written this topic into this database (every message would be stored by both: deduplicated by id, dead-lettered twice); logs a warning. To rename a group, see docs/operations.md."`
 	StatusInterval   time.Duration `name:"status-interval" env:"NOTIFYD_STATUS_INTERVAL" default:"30s" help:"How often to log a one-line status (rate, rows, dead letters, lag); 0 disables it."`
 
 	RetryMaxRetries  int           `name:"retry-max-retries" env:"NOTIFYD_RETRY_MAX_RETRIES" default:"${retry_max_retries}" help:"Retries of a failed write before the breaker counts a failure; 0 for none."`
@@ -116,6 +118,7 @@ func (c *runCmd) pipelineConfig() pipeline.Config {
 		BatchSize: c.BatchSize, FlushInterval: c.FlushInterval,
 		MaxBufferedRows: c.MaxBufferedRows, MaxBufferedBytes: c.MaxBufferedBytes,
 		StartOffset: c.StartOffset, ShutdownTimeout: c.ShutdownTimeout, StatusInterval: c.StatusInterval, WriteTimeout: c.WriteTimeout,
+		Writers: c.Writers, AllowOtherGroups: c.AllowOtherGroups,
 		Limits: notification.Limits{
 			MaxEventTypeBytes: c.MaxEventTypeBytes, MaxTitleChars: c.MaxTitleChars,
 			MaxBodyChars: c.MaxBodyChars, MaxDataBytes: c.MaxDataBytes,
@@ -155,6 +158,10 @@ func (c *runCmd) validate() error {
 	}
 	if c.Group == "" {
 		errs = append(errs, errors.New("--group: must not be empty"))
+	}
+	if c.Writers > 0 && c.DBMaxConns > 0 && int(c.DBMaxConns) <= c.Writers {
+		errs = append(errs, fmt.Errorf("--writers: %d writers need --db-max-conns of at least %d (a connection each, and one for positions, readiness and the dead-letter relay), got %d",
+			c.Writers, c.Writers+1, c.DBMaxConns))
 	}
 	errs = append(errs, checkBrokers(c.Brokers)...)
 	errs = append(errs, c.kafkaAuthFlags.validate()...)
@@ -236,7 +243,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 			return fmt.Errorf("--data-dir: %w", err)
 		}
 		emb, err := broker.Start(broker.Config{
-			DataDir: c.DataDir, Topics: []string{c.Topic, dlqTopic}, Partitions: 3,
+			DataDir: c.DataDir, Topics: []string{c.Topic}, Partitions: 3,
 			Logger: log.With("component", "broker"),
 		})
 		if err != nil {
@@ -274,7 +281,6 @@ func (c *runCmd) Run(ctx context.Context) error {
 	opts := []kgo.Opt{
 		kgo.SeedBrokers(brokers...),
 		kgo.WithLogger(newKafkaLogger(log)),
-		kgo.WithHooks(kp),
 		kgo.SessionTimeout(c.SessionTimeout),
 		kgo.HeartbeatInterval(c.SessionTimeout / 4),
 		kgo.RebalanceTimeout(c.RebalanceTimeout),
@@ -287,17 +293,19 @@ func (c *runCmd) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("kafka client: %w", err)
 	}
-	// The dead-letter topic must exist before a bad message arrives; the
-	// input topic is the producers' business when a cluster is given.
-	topics := []string{dlqTopic}
-	if len(c.Brokers) == 0 {
-		// The embedded broker's data dir may predate this --topic.
-		topics = append(topics, c.Topic)
-	}
+	// The input topic is the producers' business when a cluster is given;
+	// the embedded broker's data dir may predate this --topic. The
+	// dead-letter topic must exist before a bad message arrives, and take
+	// any record the input topic takes.
 	defer adm.Close()
 	watch = &topicWatch{adm: kadm.NewClient(adm), topic: c.Topic, log: log}
 	err = whileWaiting(ctx, log, "the Kafka brokers to answer", func(ctx context.Context) error {
-		if err := broker.EnsureTopics(ctx, watch.adm, 3, topics...); err != nil {
+		if len(c.Brokers) == 0 {
+			if err := broker.EnsureTopics(ctx, watch.adm, 3, c.Topic); err != nil {
+				return err
+			}
+		}
+		if err := dlq.EnsureTopic(ctx, watch.adm, log, dlqTopic, c.Topic, 3); err != nil {
 			return err
 		}
 		return watch.check(ctx)
@@ -309,6 +317,7 @@ func (c *runCmd) Run(ctx context.Context) error {
 		return stoppedDuringStart(ctx, log, err)
 	}
 
+	cfg.Hooks = []kgo.Hook{kp}
 	p, err = pipeline.New(cfg, store, log, reg, opts...)
 	if err != nil {
 		return err

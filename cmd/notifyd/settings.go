@@ -65,6 +65,7 @@ func settingVars() kong.Vars {
 		"max_buffered_rows":     strconv.Itoa(pipeline.DefaultMaxBufferedRows),
 		"max_buffered_bytes":    strconv.Itoa(pipeline.DefaultMaxBufferedBytes),
 		"start_offset":          pipeline.DefaultStartOffset,
+		"writers":               strconv.Itoa(pipeline.DefaultWriters),
 		"write_timeout":         pipeline.DefaultWriteTimeout.String(),
 		"shutdown_timeout":      pipeline.DefaultShutdownTimeout.String(),
 		"retry_max_retries":     strconv.Itoa(retry.DefaultRetries),

@@ -76,7 +76,7 @@ func startAPI(t *testing.T, cfg Config, url string) (*Server, *httptest.Server, 
 // write stores rows through the real write path, one transaction.
 func (e *env) write(rows ...notification.Notification) {
 	e.t.Helper()
-	if _, err := e.store.Write(context.Background(), &postgres.Batch{Group: "g", Topic: "t", Rows: rows}, nil); err != nil {
+	if _, err := e.store.Write(context.Background(), &postgres.Batch{Group: "g", Topic: "t", Rows: rows}); err != nil {
 		e.t.Fatalf("write %d rows: %v", len(rows), err)
 	}
 }

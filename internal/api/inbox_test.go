@@ -149,7 +149,7 @@ func TestFeedPagingUnderConcurrentInserts(t *testing.T) {
 		for i := 0; ctx.Err() == nil && i < 200; i++ {
 			// New rows before, inside and after the range being paged.
 			at := base.Add(time.Duration(i*37%400-50) * time.Minute)
-			if _, err := e.store.Write(ctx, postgresBatch{rows: []notification.Notification{row(user, at, fmt.Sprint("new", i))}}.batch(), nil); err != nil && ctx.Err() == nil {
+			if _, err := e.store.Write(ctx, postgresBatch{rows: []notification.Notification{row(user, at, fmt.Sprint("new", i))}}.batch()); err != nil && ctx.Err() == nil {
 				t.Errorf("write: %v", err)
 				return
 			}

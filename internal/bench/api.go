@@ -475,7 +475,7 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 			rows[i] = notification.Notification{ID: uuid.New(), UserID: users[rng.IntN(n)], EventType: "bench.stream",
 				Title: "Live", Body: "delivered over the stream", Data: []byte(fmt.Sprintf(`{"t": %d}`, t.UnixNano())), CreatedAt: t}
 		}
-		if _, err := store.Write(ctx, &postgres.Batch{Group: "bench-stream", Topic: "bench-stream", Rows: rows}, nil); err != nil {
+		if _, err := store.Write(ctx, &postgres.Batch{Group: "bench-stream", Topic: "bench-stream", Rows: rows}); err != nil {
 			return err
 		}
 		written += int64(len(rows))

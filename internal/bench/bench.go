@@ -83,6 +83,10 @@ type Result struct {
 	E2ELatencyMs        Quantiles `json:"e2e_latency_ms"`
 	FlushMs             Quantiles `json:"flush_ms"`
 	PeakRSSMB           float64   `json:"peak_rss_mb"`
+	// CPUMicrosPerMsg is the user + system CPU time of the drain's
+	// `notifyd run`, over its whole life (start, drain, shutdown), per
+	// message drained.
+	CPUMicrosPerMsg float64 `json:"cpu_us_per_msg"`
 
 	LatencyOfferedRate int       `json:"latency_offered_msgs_per_sec"`
 	LatencyMessages    int       `json:"latency_messages"`
@@ -216,6 +220,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, fmt.Errorf("drain: %w", err)
 	}
 	res.Seconds, res.PeakRSSMB, res.FlushMs, res.DrainBatches, res.DrainMeanBatchSize = d.seconds, d.peakRSSMB, d.flush, d.batches, d.meanBatch
+	res.CPUMicrosPerMsg = d.cpuSeconds * 1e6 / float64(cfg.Messages)
 	res.MsgsPerSec = float64(cfg.Messages) / res.Seconds
 	res.RatioToCopyLimit = res.MsgsPerSec / res.CopyLimitRowsPerSec
 
@@ -335,6 +340,7 @@ func preload(ctx context.Context, cl *kgo.Client, topic string, seed uint64, n i
 // drained is what one drain measured.
 type drained struct {
 	seconds, peakRSSMB, batches, meanBatch float64
+	cpuSeconds                             float64 // user + system of the child
 	flush                                  Quantiles
 }
 
@@ -408,6 +414,7 @@ func drain(ctx context.Context, cfg Config, brokers []string, url, topic string,
 		if waitErr != nil {
 			return d, fmt.Errorf("notifyd run did not stop cleanly: %w", waitErr)
 		}
+		d.cpuSeconds = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
 	case <-time.After(60 * time.Second):
 		return d, errors.New("notifyd run did not stop within 60s of SIGTERM")
 	}

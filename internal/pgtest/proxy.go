@@ -2,7 +2,6 @@ package pgtest
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -15,7 +14,9 @@ import (
 )
 
 // Proxy is a TCP proxy for tests that simulate a network outage: Cut drops
-// every connection and refuses new ones until Restore.
+// every connection and refuses new ones until Restore; Hang stops
+// forwarding (the server looks alive and never answers) until Restore;
+// SetDelay adds latency to every answer of the server.
 type Proxy struct {
 	t      testing.TB
 	target string
@@ -25,6 +26,8 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  map[net.Conn]struct{} // both sides of every open connection
 	cut    bool
+	hung   bool
+	delay  time.Duration
 	closed bool
 }
 
@@ -95,11 +98,49 @@ func (p *Proxy) Cut() {
 	p.closeConnsLocked()
 }
 
-// Restore forwards new connections again.
+// Hang keeps every connection open, and accepts new ones, but forwards
+// nothing either way until Restore: a server that hangs, or a route that
+// drops packets.
+func (p *Proxy) Hang() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.hung = true
+}
+
+// SetDelay holds each piece of the server's answers for d before passing
+// it on, so that every round trip takes d longer; 0 removes the delay.
+func (p *Proxy) SetDelay(d time.Duration) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.delay = d
+}
+
+// Restore forwards new connections again, and what Hang held.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.cut = false
+	p.hung = false
+}
+
+// hold waits while the proxy hangs, then for the delay when answer is set;
+// it reports false once the proxy is closed.
+func (p *Proxy) hold(answer bool) bool {
+	for {
+		p.mu.Lock()
+		hung, closed, delay := p.hung, p.closed, p.delay
+		p.mu.Unlock()
+		if closed {
+			return false
+		}
+		if !hung {
+			if answer && delay > 0 {
+				time.Sleep(delay)
+			}
+			return true
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Conns is the number of connections open through the proxy.
@@ -154,12 +195,26 @@ func (p *Proxy) serve(client net.Conn) {
 	p.mu.Unlock()
 
 	done := make(chan struct{}, 2)
-	pipe := func(dst, src net.Conn) {
-		_, _ = io.Copy(dst, src)
-		done <- struct{}{}
+	pipe := func(dst, src net.Conn, answer bool) {
+		defer func() { done <- struct{}{} }()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := src.Read(buf)
+			if n > 0 {
+				if !p.hold(answer) {
+					return
+				}
+				if _, err := dst.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
 	}
-	go pipe(server, client)
-	go pipe(client, server)
+	go pipe(server, client, false)
+	go pipe(client, server, true)
 	<-done
 	p.mu.Lock()
 	delete(p.conns, client)

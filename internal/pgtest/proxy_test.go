@@ -199,3 +199,42 @@ func TestProxiedPostgres(t *testing.T) {
 		t.Fatalf("proxied URL %q does not name the proxy %s", proxied, p.Addr())
 	}
 }
+
+func TestProxyHangHoldsEverythingUntilRestore(t *testing.T) {
+	t.Parallel()
+	p := NewProxy(t, echoServer(t))
+	c, r := dial(t, p.Addr())
+	p.Hang()
+	if _, err := c.Write([]byte("held\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if line, err := r.ReadString('\n'); err == nil {
+		t.Fatalf("read while hung: got %q, want a timeout", line)
+	}
+	p.Restore()
+	_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if line, err := r.ReadString('\n'); err != nil || line != "held\n" {
+		t.Fatalf("read after restore: got %q, %v, want %q", line, err, "held\n")
+	}
+}
+
+func TestProxyDelayAddsToEveryRoundTrip(t *testing.T) {
+	t.Parallel()
+	p := NewProxy(t, echoServer(t))
+	c, r := dial(t, p.Addr())
+	p.SetDelay(50 * time.Millisecond)
+	start := time.Now()
+	for range 4 {
+		if _, err := c.Write([]byte("x\n")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.ReadString('\n'); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A lower bound only: the delay is added, whatever else the machine does.
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Fatalf("4 round trips with a 50ms delay: got %s, want at least 200ms", took)
+	}
+}

@@ -1,8 +1,6 @@
 package pipeline
 
 import (
-	"io"
-	"log/slog"
 	"testing"
 	"time"
 
@@ -33,23 +31,19 @@ func BenchmarkBatch(b *testing.B) {
 	}
 	fetches := kgo.Fetches{{Topics: []kgo.FetchTopic{ft}}}
 
-	p := &Pipeline{
-		cfg:   Config{}.withDefaults(),
-		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		m:     newMetrics(nil),
-		ready: make(chan struct{}, 1),
-		space: make(chan struct{}, 1),
-		parts: map[int32]*partition{0: {}, 1: {}, 2: {}},
-	}
+	c := bare(map[int32]*partition{0: {}, 1: {}, 2: {}})
+	w := c.p.writers[0]
 	b.ReportAllocs()
 	for b.Loop() {
-		if n := p.add(fetches); n != perFetch {
+		if n := c.add(fetches); n != perFetch {
 			b.Fatalf("add kept %d records, want %d", n, perFetch)
 		}
-		if bt := p.take("size"); bt == nil || len(bt.stamps) != perFetch {
+		bt := c.take(w, true, false, time.Now())
+		if bt == nil || len(c.p.sql(bt).Rows) != perFetch {
 			b.Fatal("take returned a short batch")
 		}
-		p.endWrite()
+		c.p.gate.end(bt.ids())
+		w.batch = nil
 	}
 	b.ReportMetric(float64(perFetch*b.N)/b.Elapsed().Seconds(), "msgs/s")
 }

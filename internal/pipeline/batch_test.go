@@ -3,25 +3,28 @@ package pipeline
 import (
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/notifyd/notifyd/internal/dlq"
 	"github.com/notifyd/notifyd/internal/postgres"
 )
 
-// bare is a pipeline with no Kafka client or store, for the buffer alone.
-func bare(parts map[int32]*partition) *Pipeline {
-	return &Pipeline{
-		cfg:   Config{Topic: testTopic}.withDefaults(),
-		log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-		m:     newMetrics(nil),
-		ready: make(chan struct{}, 1),
-		space: make(chan struct{}, 1),
-		parts: parts,
+// bare is a consume goroutine's state with no Kafka client or store, for
+// the buffer alone, with one writer.
+func bare(parts map[int32]*partition) *core {
+	p := &Pipeline{
+		cfg: Config{Topic: testTopic, Writers: 1}.withDefaults(),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		m:   newMetrics(nil, func() float64 { return 0 }),
 	}
+	p.gate.init()
+	p.writers = []*writer{{in: make(chan *batch, 1)}}
+	c := newCore(p)
+	c.parts = parts
+	return c
 }
 
 func fetchOf(hwm int64, recs ...*kgo.Record) kgo.Fetches {
@@ -64,36 +67,32 @@ func TestBatchAddAndTake(t *testing.T) {
 	if p.rows != 3 || p.bytes == 0 {
 		t.Fatalf("buffer: got %d rows, %d bytes, want 3 rows and some bytes", p.rows, p.bytes)
 	}
-	if r := p.room(); r != p.cfg.MaxBufferedRows-3 {
-		t.Fatalf("room: got %d, want %d", r, p.cfg.MaxBufferedRows-3)
+	if r := p.room(); r != p.p.cfg.MaxBufferedRows-3 {
+		t.Fatalf("room: got %d, want %d", r, p.p.cfg.MaxBufferedRows-3)
 	}
-	if trig := p.trigger(false); trig != "" {
-		t.Fatalf("trigger with partitions not caught up: got %q, want none", trig)
+	w := p.p.writers[0]
+	if b := p.take(w, false, false, time.Now()); b != nil {
+		t.Fatalf("take with partitions not caught up and below the batch size: got a batch (%s), want none", b.trigger)
 	}
-	b := p.take("size")
+	b := p.take(w, false, true, time.Now())
 	if b == nil {
-		t.Fatal("take returned nothing")
+		t.Fatal("take at shutdown returned nothing")
 	}
-	defer p.endWrite()
-	if len(b.rows) != 2 || len(b.dead) != 1 || len(b.stamps) != 3 {
-		t.Fatalf("batch: got %d rows, %d dead letters, %d stamps, want 2, 1, 3", len(b.rows), len(b.dead), len(b.stamps))
+	sb := p.p.sql(b)
+	if len(sb.Rows) != 2 || len(sb.Dead) != 1 || b.messages() != 3 {
+		t.Fatalf("batch: got %d rows, %d dead letters, %d messages, want 2, 1, 3", len(sb.Rows), len(sb.Dead), b.messages())
 	}
-	want := map[int32]postgres.Range{0: {Partition: 0, From: 10, To: 12}, 1: {Partition: 1, From: postgres.NoOffset, To: 1}}
-	if len(b.ranges) != len(want) {
-		t.Fatalf("ranges: got %v, want %v", b.ranges, want)
+	want := []postgres.Range{{Partition: 0, From: 10, To: 12}, {Partition: 1, From: postgres.NoOffset, To: 1}}
+	if !slices.Equal(sb.Ranges, want) {
+		t.Fatalf("ranges: got %v, want %v (in partition order)", sb.Ranges, want)
 	}
-	for _, r := range b.ranges {
-		if r != want[r.Partition] {
-			t.Fatalf("range of partition %d: got %+v, want %+v", r.Partition, r, want[r.Partition])
-		}
-	}
-	if c, _ := dlq.Header(b.dead[0], dlq.HeaderClass); c != "decode" {
-		t.Fatalf("dead letter class: got %q, want decode", c)
+	if d := sb.Dead[0]; d.Class != "decode" || d.Partition != 0 || d.Offset != 11 || string(d.Value) != "not json" || d.Reason == "" {
+		t.Fatalf("dead letter: got %+v, want class decode, 0/11, the value unchanged and a reason", d)
 	}
 	if p.rows != 0 || p.bytes != 0 {
 		t.Fatalf("buffer after take: got %d rows, %d bytes, want 0", p.rows, p.bytes)
 	}
-	if p.take("size") != nil {
+	if p.take(w, true, true, time.Now()) != nil {
 		t.Fatal("second take of an empty buffer returned a batch")
 	}
 }
@@ -104,7 +103,7 @@ func TestBatchAddAndTake(t *testing.T) {
 func TestBatchDropsReseekingPartitionAndHonoursBounds(t *testing.T) {
 	t.Parallel()
 	p := bare(map[int32]*partition{0: {gen: 1, stored: 0, reseek: true}, 1: {gen: 1, stored: 0}})
-	p.cfg.MaxBufferedRows = 2
+	p.p.cfg.MaxBufferedRows = 2
 	if got := p.add(fetchOf(10, rec(0, 0, newMsg(0).value()), rec(1, 0, newMsg(1).value()))); got != 1 {
 		t.Fatalf("add kept %d records, want 1 (partition 0 is re-seeking)", got)
 	}
@@ -115,7 +114,7 @@ func TestBatchDropsReseekingPartitionAndHonoursBounds(t *testing.T) {
 	if r := p.room(); r != 0 {
 		t.Fatalf("room with 2 of 2 rows: got %d, want 0", r)
 	}
-	p.cfg.MaxBufferedRows, p.cfg.MaxBufferedBytes = 100, p.bytes
+	p.p.cfg.MaxBufferedRows, p.p.cfg.MaxBufferedBytes = 100, p.bytes
 	if r := p.room(); r != 0 {
 		t.Fatalf("room at the byte bound: got %d, want 0", r)
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
+
 	"github.com/notifyd/notifyd/internal/dlq"
 	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/retry"
@@ -22,6 +24,9 @@ const (
 	DefaultStartOffset      = "earliest"
 	DefaultWriteTimeout     = 5 * time.Second
 	DefaultShutdownTimeout  = 30 * time.Second
+	// DefaultWriters is chosen by measurement: see the README's
+	// performance section.
+	DefaultWriters = 2
 )
 
 // Config configures a Pipeline. Zero fields mean the defaults. Validate
@@ -48,6 +53,11 @@ type Config struct {
 	MaxBufferedRows  int
 	MaxBufferedBytes int
 
+	// Writers is the number of writing goroutines, each with its own
+	// connection and its own partitions (partition id modulo Writers); 0
+	// means DefaultWriters.
+	Writers int
+
 	// StartOffset is where a partition with no stored position starts:
 	// "earliest" (the default) or "latest".
 	StartOffset string
@@ -68,9 +78,20 @@ type Config struct {
 	Retry   retry.Policy
 	Breaker retry.BreakerConfig
 
+	// AllowOtherGroups lets Run start although another consumer group
+	// holds positions of Topic in the same database (it logs a warning);
+	// otherwise Run refuses to start, naming the other group.
+	AllowOtherGroups bool
+
+	// Hooks are given to the consuming Kafka client only (the client
+	// metrics): a hook such as kprom's registers its metrics once, and the
+	// dead-letter relay's clients must not register them again.
+	Hooks []kgo.Hook
+
 	// OnCommit, if not nil, is called after each committed write with the
 	// timestamps of the batch's records and how long the write took. It
-	// runs on the writer's goroutine: keep it short. For benchmarks.
+	// runs on the writer's goroutine, one call at a time: keep it short.
+	// For benchmarks.
 	OnCommit func(stamps []time.Time, took time.Duration)
 }
 
@@ -99,6 +120,9 @@ func (c Config) withDefaults() Config {
 	if c.StartOffset == "" {
 		c.StartOffset = DefaultStartOffset
 	}
+	if c.Writers == 0 {
+		c.Writers = DefaultWriters
+	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
 	}
@@ -126,6 +150,9 @@ func (c Config) Validate() error {
 	}
 	if d := c.withDefaults(); d.MaxBufferedRows < d.BatchSize {
 		errs = append(errs, fmt.Errorf("--max-buffered-rows: %d is below --batch-size %d", d.MaxBufferedRows, d.BatchSize))
+	}
+	if c.Writers < 0 {
+		errs = append(errs, fmt.Errorf("--writers: must be at least 1, got %d", c.Writers))
 	}
 	if c.StartOffset != "" && c.StartOffset != "earliest" && c.StartOffset != "latest" {
 		errs = append(errs, fmt.Errorf("--start-offset: must be earliest or latest, got %q", c.StartOffset))

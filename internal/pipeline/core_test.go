@@ -467,6 +467,7 @@ func TestDeadLettersInvalidMessages(t *testing.T) {
 	e.waitStoredOffsets(end, 30*time.Second)
 	e.checkTable(good)
 
+	e.waitRelayed(30 * time.Second)
 	letters := e.readTopic(testTopic + ".dlq")
 	if len(letters) != len(badRecs) {
 		t.Fatalf("dead letters: got %d, want %d", len(letters), len(badRecs))

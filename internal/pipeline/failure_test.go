@@ -65,6 +65,9 @@ func stillRunning(t testing.TB, r *running) {
 // dlqEmpty fails the test if anything was dead-lettered.
 func (e *env) dlqEmpty(r *running) {
 	e.t.Helper()
+	if n := e.pendingLetters(); n != 0 {
+		e.t.Fatalf("dead letters recorded: got %d, want 0", n)
+	}
 	for p, o := range e.endOffsets(dlqTopic) {
 		if o != 0 {
 			e.t.Fatalf("dead-letter partition %d: got end offset %d, want 0", p, o)
@@ -322,6 +325,7 @@ func (e *env) sendMixed(into *mixed, first, n, step int) {
 // returns the letters by key.
 func (e *env) checkDeadLetters(bad map[string]*kgo.Record, class func(key string) string) map[string]*kgo.Record {
 	e.t.Helper()
+	e.waitRelayed(30 * time.Second)
 	got := map[string]*kgo.Record{}
 	for _, l := range e.readTopic(dlqTopic) {
 		key := string(l.Key)
@@ -382,73 +386,111 @@ func TestFailureDeadLetterProduceErrors(t *testing.T) {
 	})
 	e.sendMixed(sent, 0, 100, 10)
 	e.waitStoredOffsets(sent.per, 30*time.Second)
+	e.waitRelayed(30 * time.Second)
 	if retriable.Hits() == 0 {
 		t.Fatalf("retriable produce fault never fired")
 	}
 	t.Logf("%d retriable dead-letter produce errors: all stored and dead-lettered in %s",
 		retriable.Hits(), time.Since(start).Round(time.Millisecond))
 
-	// Errors the client gives up on: the pipeline must keep trying, and no
-	// position may move past a message whose dead letter is not written.
-	refused := e.cluster.Fault(kfake.Fault{
-		Keys: []kmsg.Key{kmsg.Produce}, Topic: dlqTopic, Err: kerr.PolicyViolation, Count: -1,
+	// Errors the client gives up on, that may pass: the relay retries them
+	// with backoff while every partition keeps flowing, the letters safe
+	// in the table meanwhile.
+	transient := e.cluster.Fault(kfake.Fault{
+		Keys: []kmsg.Key{kmsg.Produce}, Topic: dlqTopic, Err: kerr.UnknownServerError, Count: -1,
 	})
-	before := e.storedOffsets()
-	var recs []*kgo.Record
-	var after []msg // valid messages behind the bad one in partition 0
-	for i := range 10 {
-		if i == 4 {
-			rec := &kgo.Record{Topic: testTopic, Partition: 0, Key: []byte("bad/stuck"), Value: []byte("stuck")}
-			sent.bad["bad/stuck"] = rec
-			recs = append(recs, rec)
-			continue
-		}
-		m := newMsg(10_000 + i)
-		sent.valid = append(sent.valid, m)
-		if i > 4 {
-			after = append(after, m)
-		}
-		recs = append(recs, &kgo.Record{Topic: testTopic, Partition: 0, Value: m.value()})
-	}
-	e.produceRecs(recs...)
-	sent.per[0] += 10
-	stuck := sent.bad["bad/stuck"].Offset
+	e.sendMixed(sent, 1000, 50, 10)
+	e.waitStoredOffsets(sent.per, 30*time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := refused.Wait(ctx, 3); err != nil {
-		t.Fatalf("refused produce fault: got %d hits, want 3: %v", refused.Hits(), err)
+	if err := transient.Wait(ctx, 3); err != nil {
+		t.Fatalf("transient produce fault: got %d hits, want 3: %v", transient.Hits(), err)
 	}
-	if got := e.storedOffsets()[0]; got > stuck {
-		t.Fatalf("stored offset of partition 0 while its dead letter cannot be written: got %d, want at most %d (the bad message)", got, stuck)
-	}
-	for _, m := range after {
-		var n int
-		if err := e.store.Pool().QueryRow(context.Background(), "SELECT count(*) FROM notifications WHERE id = $1", m.ID).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		if n != 0 {
-			t.Fatalf("row %s behind an unwritten dead letter was stored", m.ID)
-		}
-	}
-	if got := e.storedOffsets(); got[1] != before[1] || got[2] != before[2] {
-		t.Fatalf("stored offsets of idle partitions moved: got %v, want %v", got, before)
+	if n := e.pendingLetters(); n != 15 {
+		t.Fatalf("dead letters pending while the topic fails: got %d, want 15", n)
 	}
 	if r.metric("notifyd_retries_total", "target", "dlq") == 0 {
 		t.Errorf("dlq retries: got 0, want some")
 	}
-	stillRunning(t, r)
-	refused.Remove()
-	t.Logf("refused dead-letter produce requests: %d", refused.Hits())
+	transient.Remove()
+	e.waitRelayed(30 * time.Second)
 
-	e.waitStoredOffsets(sent.per, 30*time.Second)
-	e.checkTable(sent.valid)
-	e.checkDeadLetters(sent.bad, func(key string) string {
-		if key == "bad/stuck" {
-			return "decode"
-		}
-		return badClass(sent.bad)(key)
+	// Errors that say the topic will never take the letter: kept in the
+	// table, and nothing waits for them.
+	refused := e.cluster.Fault(kfake.Fault{
+		Keys: []kmsg.Key{kmsg.Produce}, Topic: dlqTopic, Err: kerr.PolicyViolation, Count: -1,
 	})
+	kept := &mixed{bad: map[string]*kgo.Record{}, per: map[int32]int64{}}
+	e.sendMixed(kept, 2000, 50, 10)
+	for p, n := range kept.per {
+		sent.per[p] += n
+	}
+	sent.valid = append(sent.valid, kept.valid...)
+	e.waitStoredOffsets(sent.per, 30*time.Second)
+	e.waitRelayed(30 * time.Second)
+	refused.Remove()
+	r.waitMetric(t, 10*time.Second, float64(len(kept.bad)), "notifyd_dead_letters_kept_total")
+	e.checkKept(kept.bad)
+
+	e.checkTable(sent.valid)
+	letters := e.checkDeadLetters(sent.bad, badClass(sent.bad))
+	// A letter is sent again only when its earlier send is not known to
+	// have succeeded: here only the ones the topic failed for a while.
+	for key, l := range letters {
+		a, _ := dlq.Header(l, dlq.HeaderAttempts)
+		n, err := strconv.Atoi(a)
+		if err != nil || n < 1 {
+			t.Fatalf("%s header %s: got %q, want a count of at least 1", key, dlq.HeaderAttempts, a)
+		}
+		k, _ := strconv.Atoi(strings.TrimPrefix(key, "bad/"))
+		if k < 1000 && n != 1 {
+			t.Fatalf("%s header %s: got %d, want 1 (its first send succeeded)", key, dlq.HeaderAttempts, n)
+		}
+		if k >= 1000 && n < 2 {
+			t.Fatalf("%s header %s: got %d, want at least 2 (its first sends failed)", key, dlq.HeaderAttempts, n)
+		}
+	}
 	stillRunning(t, r)
+}
+
+// checkKept asserts that the dead-letter table keeps exactly the bad
+// records, each once, with their exact key and value, as refused by the
+// dead-letter topic.
+func (e *env) checkKept(bad map[string]*kgo.Record) {
+	e.t.Helper()
+	rows, err := e.store.Pool().Query(context.Background(),
+		`SELECT key, value, source_partition, source_offset, kept_reason FROM notifyd_dead_letters WHERE kept_reason IS NOT NULL`)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for rows.Next() {
+		var key, value []byte
+		var part int32
+		var off int64
+		var why string
+		if err := rows.Scan(&key, &value, &part, &off, &why); err != nil {
+			e.t.Fatal(err)
+		}
+		src, ok := bad[string(key)]
+		if !ok || seen[string(key)] {
+			e.t.Fatalf("kept dead letter %q (%d/%d): want each refused bad message once", key, part, off)
+		}
+		seen[string(key)] = true
+		if !bytes.Equal(value, src.Value) || part != src.Partition || off != src.Offset {
+			e.t.Fatalf("kept dead letter %q: got %d/%d %d bytes, want %d/%d %d bytes, unchanged",
+				key, part, off, len(value), src.Partition, src.Offset, len(src.Value))
+		}
+		if why == "" {
+			e.t.Fatalf("kept dead letter %q: no reason", key)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		e.t.Fatal(err)
+	}
+	if len(seen) != len(bad) {
+		e.t.Fatalf("kept dead letters: got %d, want %d", len(seen), len(bad))
+	}
 }
 
 func TestFailureFetchErrors(t *testing.T) {

@@ -36,7 +36,14 @@ const testTopic = "notifications"
 
 func newEnv(t testing.TB, opts ...kfake.Opt) *env {
 	t.Helper()
-	opts = append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(3, testTopic, testTopic+".dlq")}, opts...)
+	return newEnvTopics(t, []string{testTopic, testTopic + ".dlq"}, opts...)
+}
+
+// newEnvTopics is newEnv with only the given topics made beforehand, with
+// 3 partitions each.
+func newEnvTopics(t testing.TB, topics []string, opts ...kfake.Opt) *env {
+	t.Helper()
+	opts = append([]kfake.Opt{kfake.NumBrokers(1), kfake.SeedTopics(3, topics...)}, opts...)
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		t.Fatalf("kfake: %v", err)
@@ -350,7 +357,7 @@ func (r *recordingTB) Errorf(format string, args ...any) {
 // that is not there instead of reading it as 0.
 func TestMetricFailsOnAMissingSeries(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	newMetrics(reg)
+	newMetrics(reg, func() float64 { return 0 })
 	rec := &recordingTB{TB: t}
 	r := &running{t: rec, reg: reg}
 	if got := r.metric("notifyd_rows_stored_total"); got != 0 || len(rec.errors) != 0 {
@@ -370,5 +377,33 @@ func TestMetricFailsOnAMissingSeries(t *testing.T) {
 		if got := r.metric(c.name, c.labels...); !math.IsNaN(got) || len(rec.errors) != 1 {
 			t.Errorf("%s%v: got %v and errors %q, want NaN and one error", c.name, c.labels, got, rec.errors)
 		}
+	}
+}
+
+// pendingLetters counts the dead letters recorded and not yet published.
+func (e *env) pendingLetters() int {
+	e.t.Helper()
+	var n int
+	if err := e.store.Pool().QueryRow(context.Background(),
+		"SELECT count(*) FROM notifyd_dead_letters WHERE kept_reason IS NULL").Scan(&n); err != nil {
+		e.t.Fatalf("count pending dead letters: %v", err)
+	}
+	return n
+}
+
+// waitRelayed waits until the relay has published (or kept) every
+// recorded dead letter.
+func (e *env) waitRelayed(d time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		n := e.pendingLetters()
+		if n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("dead letters still pending after %s: %d", d, n)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

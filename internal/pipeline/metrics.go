@@ -12,9 +12,13 @@ type metrics struct {
 	duplicates     prometheus.Counter
 	expired        prometheus.Counter
 	deadLetters    *prometheus.CounterVec
+	dlqPublished   prometheus.Counter
+	dlqKept        prometheus.Counter
 	retries        *prometheus.CounterVec
 	writes         *prometheus.CounterVec
 	fenced         prometheus.Counter
+	setAside       prometheus.Counter
+	oldest         prometheus.GaugeFunc
 	breakerState   prometheus.Gauge
 	batchSize      prometheus.Histogram
 	flushSeconds   prometheus.Histogram
@@ -26,7 +30,9 @@ type metrics struct {
 	lag            *prometheus.GaugeVec
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the pipeline's metrics with reg; oldest is the age
+// of the oldest unwritten message, in seconds.
+func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry() // counted but not exported
 	}
@@ -45,8 +51,14 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "notifyd_expired_skipped_total", Help: "Valid messages not stored because they were already older than --retention.",
 		}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "notifyd_dead_letters_total", Help: "Messages sent to the dead-letter topic, by class (decode, validate, store).",
+			Name: "notifyd_dead_letters_total", Help: "Messages dead-lettered, by class (decode, validate, store): recorded in notifyd_dead_letters by the write that moves past them, then published by the relay.",
 		}, []string{"class"}),
+		dlqPublished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_dead_letters_published_total", Help: "Dead letters the relay published to the dead-letter topic.",
+		}),
+		dlqKept: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_dead_letters_kept_total", Help: "Dead letters the dead-letter topic refused for good (too large, not authorised, invalid topic, policy); kept in notifyd_dead_letters.",
+		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notifyd_retries_total", Help: "Retried operations after a transient failure, by target (database, dlq, offsets).",
 		}, []string{"target"}),
@@ -56,6 +68,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		fenced: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "notifyd_fenced_partitions_total", Help: "Partitions whose write was refused because another writer had moved them; they are re-read from the stored position.",
 		}),
+		setAside: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "notifyd_partitions_set_aside_total", Help: "Times a partition's write failed after its retries and the partition was set aside (retried alone on its own backoff while the others flow).",
+		}),
+		oldest: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "notifyd_oldest_unwritten_message_seconds", Help: "Age of the oldest message read and not yet committed (buffered or in a write), from when it was read; 0 when none.",
+		}, oldest),
 		breakerState: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "notifyd_breaker_state", Help: "Database circuit breaker: 0 closed, 1 half-open, 2 open.",
 		}),
@@ -87,8 +105,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "notifyd_stored_offset", Help: "Next offset to read of each held partition, as committed in the database.",
 		}, []string{"partition"}),
 	}
-	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.expired, m.deadLetters, m.retries,
-		m.writes, m.fenced, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
+	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.expired, m.deadLetters, m.dlqPublished, m.dlqKept, m.retries,
+		m.writes, m.fenced, m.setAside, m.oldest, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
 		m.bufferedBytes, m.assigned, m.storedPosition, m.lag} {
 		f(c)
 	}
@@ -100,7 +118,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	// Every trigger's series exists from the start, so that a trigger that
 	// never fired reads 0 rather than missing.
-	for _, t := range []string{"size", "age", "idle", "shutdown"} {
+	for _, t := range []string{"size", "age", "idle", "shutdown", "retry"} {
 		m.writes.WithLabelValues(t)
 	}
 	return m

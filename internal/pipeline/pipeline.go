@@ -1,7 +1,9 @@
 // Package pipeline ties notifyd together: it consumes the input topic,
-// decodes and validates each message, batches them, writes each batch and
-// the partitions' new positions in one database transaction, and sends the
-// messages it cannot store to the dead-letter topic.
+// decodes and validates each message, batches them per partition, writes
+// each batch and its partitions' new positions in one database transaction,
+// and records the messages it cannot store as dead letters in the same
+// transaction; a relay publishes them to the dead-letter topic.
+// docs/architecture.md says which goroutine owns what.
 //
 // Exactly-once: a partition's position lives in the database beside the
 // rows; a write moves it from the position the batch was read from to the
@@ -16,76 +18,70 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/notifyd/notifyd/internal/dlq"
-	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/postgres"
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
 // maxPollWait is the longest one round of the consume loop waits before it
-// checks flush deadlines and shutdown again.
+// checks flush deadlines, results and shutdown again.
 const maxPollWait = 100 * time.Millisecond
 
 // Pipeline is one consumer group member moving notifications into the store.
 type Pipeline struct {
-	cfg    Config
-	log    *slog.Logger
-	store  *postgres.Store
+	cfg     Config
+	log     *slog.Logger
+	store   *postgres.Store
+	m       *metrics
+	breaker *retry.Breaker
+	reset   kgo.Offset // where a partition with no stored position starts
+	opts    []kgo.Opt  // the Kafka client's options, used in Run
+	relay   *dlq.Relay
+	writers []*writer
+
 	client *kgo.Client
 	// clientSet is closed once client is set: the group's callbacks can
 	// run before kgo.NewClient has returned it.
 	clientSet chan struct{}
-	dlq       dlq.Publisher
-	breaker   *retry.Breaker
-	m         *metrics
-	reset     kgo.Offset // where a partition with no stored position starts
 
-	ready chan struct{} // a batch is ready to write (capacity 1)
-	space chan struct{} // a write took buffered messages (capacity 1)
+	ctl     control           // group callbacks → consume goroutine
+	gate    gate              // partitions in a write; revoked ones closed
+	results chan *writeResult // writers → consume goroutine
 
-	mu       sync.Mutex
-	parts    map[int32]*partition
-	gen      uint64
-	rows     int // buffered messages, all partitions
-	bytes    int
-	oldest   time.Time     // read time of the oldest buffered message
-	inflight chan struct{} // closed when the write in flight ends; nil when none
-
-	nStored, nDead, nDup atomic.Int64 // totals for the status line
-	started              bool
-	stopping             bool
+	snap               atomic.Pointer[snapshot]           // published by the consume goroutine
+	pollCancel         atomic.Pointer[context.CancelFunc] // ends the consume goroutine's poll in progress; nil between polls
+	onCommitMu         sync.Mutex                         // one Config.OnCommit call at a time
+	lag                atomic.Int64                       // total lag, from the lag goroutine
+	started, stopping  atomic.Bool
+	nStored, nDead     atomic.Int64 // totals for the status line
+	nDup               atomic.Int64
+	lastOK, lastFailed atomic.Int64 // unix nanos of the last write attempt that succeeded, failed
 }
 
-// partition is the state of one held partition.
-type partition struct {
-	gen     uint64 // assignment this state belongs to
-	stored  int64  // position committed in the database
-	floor   int64  // records below it are already stored and are skipped
-	reseek  bool   // records are dropped until the fetch position is moved to stored
-	entries []entry
-	caught  bool  // the last fetch reached the high watermark
-	hwm     int64 // the partition's end offset as of the last fetch
+// snapshot is what the consume goroutine publishes for readiness, the
+// status line, the lag goroutine and the age gauge.
+type snapshot struct {
+	held     int
+	buffered int
+	stored   map[int32]int64 // stored position of each held partition
+	hwm      map[int32]int64 // end offset of each held partition as of its last fetch
+	oldest   time.Time       // read time of the oldest message not yet committed; zero if none
 }
 
-// entry is one consumed message: a row to store or a dead letter to send.
-type entry struct {
-	rec *kgo.Record
-	n   notification.Notification
-	bad *notification.Error
-}
-
-// New creates the Kafka client and the pipeline. opts are the connection
-// options (brokers, TLS, SASL, logger, hooks); New adds the group, topic and
+// New returns a pipeline; it has no side effects: the Kafka client is
+// created and the group joined in Run. opts are the connection options
+// (brokers, TLS, SASL, logger); the pipeline adds the group, topic and
 // offset handling. reg may be nil.
 func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Registerer, opts ...kgo.Opt) (*Pipeline, error) {
 	if err := cfg.Validate(); err != nil {
@@ -93,15 +89,18 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 	}
 	cfg = cfg.withDefaults()
 	p := &Pipeline{
-		cfg:   cfg,
-		log:   log,
-		store: store,
-		m:     newMetrics(reg),
-		ready: make(chan struct{}, 1),
-		space: make(chan struct{}, 1),
-		parts: make(map[int32]*partition),
-
+		cfg:       cfg,
+		log:       log,
+		store:     store,
 		clientSet: make(chan struct{}),
+		results:   make(chan *writeResult, cfg.Writers),
+	}
+	p.ctl.init()
+	p.gate.init()
+	p.snap.Store(&snapshot{})
+	p.m = newMetrics(reg, p.oldestUnwritten)
+	for i := range cfg.Writers {
+		p.writers = append(p.writers, &writer{id: i, in: make(chan *batch, 1)})
 	}
 	p.breaker = retry.NewBreaker(cfg.Breaker, p.onBreakerChange)
 	reset := kgo.NewOffset().AtStart()
@@ -109,15 +108,30 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		reset = kgo.NewOffset().AtEnd()
 	}
 	p.reset = reset
-	// Look up a moved partition or a returned broker within a second,
-	// not franz-go's default five; the caller's options may override it.
-	opts = append([]kgo.Opt{kgo.MetadataMinAge(time.Second)}, opts...)
-	opts = append(opts,
+	p.relay = dlq.NewRelay(dlq.RelayConfig{
+		Topic: cfg.DLQTopic, Opts: slices.Clone(opts), PublishTimeout: 2 * cfg.WriteTimeout, Retry: cfg.Retry,
+	}, store.Pool(), log.With("component", "dlq"))
+	p.relay.OnRound = func(published, kept, _ int) {
+		p.m.dlqPublished.Add(float64(published))
+		p.m.dlqKept.Add(float64(kept))
+	}
+	p.relay.OnRetry = func(error, time.Duration) { p.m.retries.WithLabelValues("dlq").Inc() }
+	// Look up a moved partition or a returned broker within a second, not
+	// franz-go's default five, and added partitions within 10 s, not five
+	// minutes (SPEC: within 30 s); the caller's options may override both.
+	opts = append([]kgo.Opt{kgo.MetadataMinAge(time.Second), kgo.MetadataMaxAge(10 * time.Second)}, opts...)
+	if len(cfg.Hooks) > 0 {
+		opts = append(opts, kgo.WithHooks(cfg.Hooks...))
+	}
+	p.opts = append(opts,
 		kgo.ConsumerGroup(cfg.Group),
 		kgo.ConsumeTopics(cfg.Topic),
 		kgo.DisableAutoCommit(),
 		kgo.BlockRebalanceOnPoll(),
-		kgo.ConsumeResetOffset(reset),
+		// Never let the client move a position by itself: a position out
+		// of range is reported and checked again (checkBounds), so that a
+		// stored position is never skipped.
+		kgo.ConsumeResetOffset(kgo.NoResetOffset()),
 		kgo.AdjustFetchOffsetsFn(p.assigned),
 		kgo.OnPartitionsRevoked(p.revoked),
 		kgo.OnPartitionsLost(p.revoked),
@@ -126,280 +140,255 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		kgo.FetchMaxPartitionBytes(512<<10),
 		kgo.FetchMaxWait(time.Second),
 	)
-	cl, err := kgo.NewClient(opts...)
-	if err != nil {
-		return nil, fmt.Errorf("kafka client: %w", err)
-	}
-	p.client = cl
-	close(p.clientSet)
-	p.dlq = dlq.Publisher{Client: cl}
 	return p, nil
 }
 
+// writeBudget is the longest one write may legally take: every attempt at
+// WriteTimeout, and every backoff wait at its longest.
+func (p *Pipeline) writeBudget() time.Duration { return p.cfg.Retry.Budget(p.cfg.WriteTimeout) }
+
 // Ready reports why the pipeline is not consuming, or nil: it must hold
-// partitions, the database breaker must be closed and the database must
-// answer, and no shutdown may have begun.
+// partitions, the database breaker must be closed, no write attempt may
+// have failed since the last one succeeded nor be running past
+// WriteTimeout, the database must answer, and no shutdown may have begun.
 func (p *Pipeline) Ready(ctx context.Context) error {
-	p.mu.Lock()
-	started, stopping, held := p.started, p.stopping, len(p.parts)
-	p.mu.Unlock()
+	s := p.snap.Load()
 	switch {
-	case !started:
+	case !p.started.Load():
 		return errors.New("not started")
-	case stopping:
+	case p.stopping.Load():
 		return errors.New("shutting down")
-	case held == 0:
+	case s.held == 0:
 		return errors.New("no partitions assigned")
 	case p.breaker.State() != retry.Closed:
 		return errors.New("database circuit breaker " + p.breaker.State().String())
+	case p.lastFailed.Load() > p.lastOK.Load():
+		return errors.New("database writes failing")
 	}
+	for _, w := range p.writers {
+		if at := w.attempt.Load(); at != 0 && time.Since(time.Unix(0, at)) > p.cfg.WriteTimeout {
+			return fmt.Errorf("database write running for more than --write-timeout %s", p.cfg.WriteTimeout)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
+	defer cancel()
 	if err := p.store.Ping(ctx); err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
 	return nil
 }
 
-// Run consumes until ctx ends, then stops fetching, writes what is
-// buffered (bounded by ShutdownTimeout), commits, leaves the group and
-// closes the client. It returns nil after a clean shutdown.
-func (p *Pipeline) Run(ctx context.Context) error {
-	p.mu.Lock()
-	p.started = true
-	p.mu.Unlock()
+// oldestUnwritten is the age of the oldest message read and not yet
+// committed, for its gauge.
+func (p *Pipeline) oldestUnwritten() float64 {
+	s := p.snap.Load()
+	if s.oldest.IsZero() {
+		return 0
+	}
+	return time.Since(s.oldest).Seconds()
+}
 
-	// The writer outlives ctx so that it can write what is buffered; its
-	// own context ends ShutdownTimeout after ctx does.
+// Run creates the Kafka client, joins the group and consumes until ctx
+// ends, then stops fetching, writes what is buffered (bounded by
+// ShutdownTimeout), commits, leaves the group and closes the client. The
+// relay publishes the last dead letters after the final write. Run returns
+// nil after a clean shutdown.
+func (p *Pipeline) Run(ctx context.Context) error {
+	if err := p.checkGroups(ctx); err != nil {
+		return err
+	}
+	cl, err := kgo.NewClient(p.opts...)
+	if err != nil {
+		return fmt.Errorf("kafka client: %w", err)
+	}
+	p.client = cl
+	close(p.clientSet)
+	p.started.Store(true)
+
+	// The writers outlive ctx so that they can write what is buffered;
+	// their context ends ShutdownTimeout after ctx does. The relay
+	// outlives the writers, to publish what the final writes recorded.
 	wctx, wcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer wcancel()
-	stop := make(chan struct{})
-	werr := make(chan error, 1)
-	go func() { werr <- p.writeLoop(wctx, stop) }()
+	rctx, rcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer rcancel()
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	var g, wg errgroup.Group
+	g.Go(func() error { return p.relay.Run(rctx) })
+	for _, w := range p.writers {
+		wg.Go(func() error { p.writeLoop(wctx, w); return nil })
+	}
+	g.Go(func() error { p.lagLoop(sctx); return nil })
 	if p.cfg.StatusInterval > 0 {
-		sctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		go p.statusLoop(sctx)
+		g.Go(func() error { p.statusLoop(sctx); return nil })
 	}
 
-	p.consume(ctx)
+	c := newCore(p)
+	c.consume(ctx)
 
-	p.mu.Lock()
-	p.stopping = true
-	pending := p.rows
-	p.mu.Unlock()
-	p.log.Info("shutting down: fetching stopped, writing buffered messages", "buffered", pending)
+	p.stopping.Store(true)
+	p.log.Info("shutting down: fetching stopped, writing buffered messages", "buffered", c.rows)
 	timer := time.AfterFunc(p.cfg.ShutdownTimeout, wcancel)
-	close(stop)
-	err := <-werr
+	werr := c.drain(wctx)
+	for _, w := range p.writers {
+		close(w.in)
+	}
+	_ = wg.Wait()
 	timer.Stop()
+	scancel()
+	rcancel()
+	_ = g.Wait()
 
 	closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	p.commitKafka(closeCtx, p.positions(), true)
+	p.commitKafka(closeCtx, c.positions(), true)
 	p.client.Close() // leaves the group
-	if err != nil {
-		p.mu.Lock()
-		left := p.rows
-		p.mu.Unlock()
+	if werr != nil {
 		return fmt.Errorf("shutdown: %d messages not written within %s; they will be read again from the stored positions: %w",
-			left, p.cfg.ShutdownTimeout, err)
+			c.rows, p.cfg.ShutdownTimeout, werr)
 	}
 	return nil
 }
 
-// consume is the consume loop; it returns when ctx ends.
-func (p *Pipeline) consume(ctx context.Context) {
-	for ctx.Err() == nil {
-		room := p.room()
-		if room == 0 {
-			select {
-			case <-p.space:
-			case <-ctx.Done():
-			case <-time.After(maxPollWait):
-			}
-			continue
-		}
-		pollCtx, cancel := context.WithTimeout(ctx, p.pollWait())
-		// Take no more than the buffer has room for: MaxBufferedRows is a
-		// bound, not a threshold that one poll may overshoot.
-		fetches := p.client.PollRecords(pollCtx, min(p.cfg.BatchSize*4, room))
-		cancel()
-		if fetches.IsClientClosed() {
-			return
-		}
-		fetches.EachError(func(t string, part int32, err error) {
-			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-				return
-			}
-			p.log.Warn("fetch failed; the client retries by itself", "topic", t, "partition", part, "error", err)
-		})
-		got := p.add(fetches)
-		p.applyReseeks()
-		p.client.AllowRebalance()
-		p.maybeFlush(got == 0)
-	}
-}
+// ErrOtherGroup is returned by Run when another consumer group already
+// stores the topic into the same database and AllowOtherGroups is not set.
+var ErrOtherGroup = errors.New("another consumer group stores this topic into this database")
 
-// pollWait is how long the next poll may wait: at most maxPollWait, and no
-// later than the oldest buffered message's flush deadline.
-func (p *Pipeline) pollWait() time.Duration {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.rows == 0 {
-		return maxPollWait
-	}
-	d := time.Until(p.oldest.Add(p.cfg.FlushInterval))
-	return min(max(d, time.Millisecond), maxPollWait)
-}
-
-// room is how many more messages the buffer may take; 0 at either bound.
-func (p *Pipeline) room() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.bytes >= p.cfg.MaxBufferedBytes {
-		return 0
-	}
-	return max(p.cfg.MaxBufferedRows-p.rows, 0)
-}
-
-// add decodes the fetched records into their partitions' buffers and
-// returns how many it kept.
-func (p *Pipeline) add(fetches kgo.Fetches) int {
-	now := time.Now()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	kept := 0
-	fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
-		if len(fp.Records) == 0 {
-			return
-		}
-		ps := p.parts[fp.Partition]
-		if ps == nil || ps.reseek {
-			return // not held any more, or being re-read from the stored position
-		}
-		for _, r := range fp.Records {
-			if r.Offset < ps.floor {
-				continue // already stored; can follow a re-seek
-			}
-			e := entry{rec: r}
-			src := notification.Source{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Timestamp: r.Timestamp}
-			if r.Headers != nil {
-				// A replayed dead letter keeps the id derived from where it
-				// first arrived.
-				if t, part, off, ok := dlq.Origin(r); ok {
-					src.Topic, src.Partition, src.Offset = t, part, off
-				}
-			}
-			n, err := notification.Decode(r.Value, src, p.cfg.Limits)
-			if err != nil {
-				var ne *notification.Error
-				if !errors.As(err, &ne) {
-					ne = &notification.Error{Class: notification.ClassDecode, Reason: err.Error()}
-				}
-				e.bad = ne
-			} else {
-				e.n = n
-			}
-			if p.rows == 0 {
-				p.oldest = now
-			}
-			ps.entries = append(ps.entries, e)
-			p.rows++
-			p.bytes += len(r.Key) + len(r.Value)
-			kept++
-		}
-		last := fp.Records[len(fp.Records)-1]
-		ps.caught = last.Offset+1 >= fp.HighWatermark
-		ps.hwm = fp.HighWatermark
-		p.m.lag.WithLabelValues(partLabel(fp.Partition)).Set(float64(max(ps.hwm-max(ps.stored, 0), 0)))
+// checkGroups refuses to start when another group holds positions of the
+// topic in the database: both would store every message (deduplicated by
+// id) and dead-letter every invalid one twice.
+func (p *Pipeline) checkGroups(ctx context.Context) error {
+	var others []string
+	err := p.retryForever(ctx, "database", func(ctx context.Context) error {
+		var err error
+		others, err = p.store.OtherGroups(ctx, p.cfg.Topic, p.cfg.Group)
+		return err
 	})
-	p.m.consumed.Add(float64(kept))
-	p.m.bufferedRows.Set(float64(p.rows))
-	p.m.bufferedBytes.Set(float64(p.bytes))
-	return kept
+	if err != nil || len(others) == 0 {
+		return err
+	}
+	if p.cfg.AllowOtherGroups {
+		p.log.Warn("other consumer groups store this topic into this database too: every message is stored by each (deduplicated by id) and dead-lettered by each",
+			"topic", p.cfg.Topic, "group", p.cfg.Group, "other_groups", others)
+		return nil
+	}
+	return fmt.Errorf("%w: group %q holds positions of topic %q, and --group is %q; stop it and remove its positions, rename it (docs/operations.md), or set --allow-other-groups",
+		ErrOtherGroup, others[0], p.cfg.Topic, p.cfg.Group)
 }
 
-// applyReseeks moves the fetch position of fenced partitions back to their
-// stored position. It runs in the polling goroutine before AllowRebalance,
-// as franz-go asks of SetOffsets in a group.
-func (p *Pipeline) applyReseeks() {
-	p.mu.Lock()
-	var set map[string]map[int32]kgo.EpochOffset
-	for id, ps := range p.parts {
-		if !ps.reseek {
-			continue
-		}
-		ps.reseek = false
-		if ps.stored < 0 {
-			continue // nothing stored: the fetch position is already the reset offset
-		}
-		if set == nil {
-			set = map[string]map[int32]kgo.EpochOffset{p.cfg.Topic: {}}
-		}
-		set[p.cfg.Topic][id] = kgo.EpochOffset{Epoch: -1, Offset: ps.stored}
-	}
-	p.mu.Unlock()
-	if set != nil {
-		p.client.SetOffsets(set)
-	}
+// control carries assignments and revocations from franz-go's group
+// goroutine to the consume goroutine. It is a queue without bound, so that
+// a callback never waits for the consume goroutine: with
+// BlockRebalanceOnPoll the consume goroutine may itself be waiting inside
+// PollRecords for the callback to end. mu protects queue only.
+type control struct {
+	mu     sync.Mutex
+	queue  []any
+	notify chan struct{} // capacity 1: something was queued
 }
 
-// maybeFlush signals the writer when the buffer should be written: it holds
-// BatchSize messages, its oldest message is FlushInterval old, or nothing
-// more is coming (the last poll was empty, or every partition with buffered
-// messages has been read to its end).
-func (p *Pipeline) maybeFlush(emptyPoll bool) {
-	p.mu.Lock()
-	trigger := p.trigger(emptyPoll)
-	p.mu.Unlock()
-	if trigger != "" {
-		select {
-		case p.ready <- struct{}{}:
-		default:
-		}
+func (c *control) init() { c.notify = make(chan struct{}, 1) }
+
+func (c *control) post(msg any) {
+	c.mu.Lock()
+	c.queue = append(c.queue, msg)
+	c.mu.Unlock()
+	select {
+	case c.notify <- struct{}{}:
+	default:
 	}
 }
 
-func (p *Pipeline) trigger(emptyPoll bool) string {
-	caught := emptyPoll
-	if !caught {
-		caught = true
-		for _, ps := range p.parts {
-			if len(ps.entries) > 0 && !ps.caught {
-				caught = false
-				break
-			}
+func (c *control) take() []any {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	q := c.queue
+	c.queue = nil
+	return q
+}
+
+// assignMsg is an assignment: the stored positions of the new partitions.
+type assignMsg struct {
+	stored  map[int32]int64
+	rewound map[int32]bool // stored positions past the log's end: they do not count
+}
+
+// revokeMsg is a revocation (or loss) of partitions.
+type revokeMsg struct {
+	ids []int32
+}
+
+// gate knows which partitions are in a write, and refuses new writes of
+// revoked partitions, so that a revocation can wait for the writes of
+// exactly its partitions. mu protects writing and closed only.
+type gate struct {
+	mu      sync.Mutex
+	writing map[int32]chan struct{} // closed when the write ends
+	closed  map[int32]bool          // revoked and not assigned again
+}
+
+func (g *gate) init() {
+	g.writing = map[int32]chan struct{}{}
+	g.closed = map[int32]bool{}
+}
+
+// begin marks the partitions of a write as being written and returns
+// them, less the revoked ones, which must not be written.
+func (g *gate) begin(ids []int32) []int32 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	ok := ids[:0]
+	for _, id := range ids {
+		if !g.closed[id] {
+			g.writing[id] = make(chan struct{})
+			ok = append(ok, id)
 		}
 	}
-	return policy{size: p.cfg.BatchSize, interval: p.cfg.FlushInterval}.trigger(p.rows, time.Since(p.oldest), caught)
+	return ok
 }
 
-// policy decides when buffered messages are written.
-type policy struct {
-	size     int
-	interval time.Duration
-}
-
-// trigger names why n buffered messages, the oldest read age ago, should be
-// written now, or returns "" to keep buffering. caughtUp says that nothing
-// more is waiting to be read: every partition with buffered messages was
-// read to its end, or the last poll found nothing. Waiting would then only
-// add latency, since no message is coming to fill the batch.
-func (pl policy) trigger(n int, age time.Duration, caughtUp bool) string {
-	switch {
-	case n == 0:
-		return ""
-	case n >= pl.size:
-		return "size"
-	case age >= pl.interval:
-		return "age"
-	case caughtUp:
-		return "idle"
+// end marks the partitions' write as ended.
+func (g *gate) end(ids []int32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, id := range ids {
+		if ch, ok := g.writing[id]; ok {
+			close(ch)
+			delete(g.writing, id)
+		}
 	}
-	return ""
+}
+
+// revoke closes the partitions to new writes and returns the writes in
+// flight to wait for.
+func (g *gate) revoke(ids []int32) []chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var wait []chan struct{}
+	for _, id := range ids {
+		g.closed[id] = true
+		if ch, ok := g.writing[id]; ok {
+			wait = append(wait, ch)
+		}
+	}
+	return wait
+}
+
+// open lets the partitions be written again, after an assignment.
+func (g *gate) open(ids []int32) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, id := range ids {
+		delete(g.closed, id)
+	}
 }
 
 // assigned loads the stored positions of newly assigned partitions and
-// starts each from its position. franz-go calls it after each join.
+// starts each from its position. franz-go calls it on its group goroutine
+// after each join, and starts fetching the partitions once it returns; the
+// consume goroutine learns of them from the control queue before it adds
+// any of their records.
 func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kgo.Offset) (map[string]map[int32]kgo.Offset, error) {
 	parts := make([]int32, 0, len(offsets[p.cfg.Topic]))
 	for id := range offsets[p.cfg.Topic] {
@@ -408,6 +397,7 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 	if len(parts) == 0 {
 		return offsets, nil
 	}
+	slices.Sort(parts)
 	var stored map[int32]int64
 	err := p.retryForever(ctx, "database", func(ctx context.Context) error {
 		var err error
@@ -417,80 +407,46 @@ func (p *Pipeline) assigned(ctx context.Context, offsets map[string]map[int32]kg
 	if err != nil {
 		return nil, err
 	}
-	rewound := p.checkBounds(ctx, stored)
-	p.mu.Lock()
-	p.gen++
-	for _, id := range parts {
-		pos := stored[id]
-		if old := p.parts[id]; old != nil {
-			// Held before without a revoke in between: what it buffered
-			// was read from a position that no longer counts.
-			p.forget(old)
-		}
-		p.parts[id] = &partition{gen: p.gen, stored: pos, floor: pos}
-		if rewound[id] {
-			p.parts[id].floor = -1
-			offsets[p.cfg.Topic][id] = p.reset
-		} else if pos >= 0 {
-			offsets[p.cfg.Topic][id] = kgo.NewOffset().At(pos).WithEpoch(-1)
-		} else {
-			// Nothing stored: start at StartOffset, not at the group's
-			// Kafka commit, which is only a mirror (of another database,
-			// or of rows since deleted) and would skip unstored messages.
-			offsets[p.cfg.Topic][id] = p.reset
-		}
-		p.m.storedPosition.WithLabelValues(partLabel(id)).Set(float64(pos))
+	starts, rewound, err := p.checkBounds(ctx, stored)
+	if err != nil {
+		return nil, err
 	}
-	p.m.assigned.Set(float64(len(p.parts)))
-	p.mu.Unlock()
+	for _, id := range parts {
+		offsets[p.cfg.Topic][id] = starts[id]
+	}
+	p.gate.open(parts)
+	p.ctl.post(assignMsg{stored: stored, rewound: rewound})
 	p.log.Info("partitions assigned", "topic", p.cfg.Topic, "positions", stored)
 	return offsets, nil
 }
 
-// revoked forgets revoked or lost partitions: their buffered messages are
-// dropped, to be read again by the next owner from the stored position. It
-// waits for a write in flight so that the next owner finds its result.
+// revoked forgets revoked or lost partitions: the consume goroutine drops
+// their buffered messages, to be read again by the next owner from the
+// stored position. It waits for their writes in flight, as long as a write
+// may legally take, so that the next owner finds the result.
 func (p *Pipeline) revoked(ctx context.Context, _ *kgo.Client, lost map[string][]int32) {
 	ids := lost[p.cfg.Topic]
 	if len(ids) == 0 {
 		return
 	}
-	p.mu.Lock()
-	for _, id := range ids {
-		if ps := p.parts[id]; ps != nil {
-			p.forget(ps)
-			delete(p.parts, id)
-			p.m.storedPosition.DeleteLabelValues(partLabel(id))
-			p.m.lag.DeleteLabelValues(partLabel(id))
-		}
-	}
-	p.m.assigned.Set(float64(len(p.parts)))
-	p.m.bufferedRows.Set(float64(p.rows))
-	p.m.bufferedBytes.Set(float64(p.bytes))
-	inflight := p.inflight
-	p.mu.Unlock()
-	if inflight != nil {
+	wait := p.gate.revoke(ids)
+	p.ctl.post(revokeMsg{ids: ids})
+	budget := p.writeBudget()
+	timer := time.NewTimer(budget)
+	defer timer.Stop()
+	for _, ch := range wait {
 		select {
-		case <-inflight:
+		case <-ch:
 		case <-ctx.Done():
-		case <-time.After(5 * time.Second):
+			return
+		case <-timer.C:
 			// A write stuck in an outage; fencing keeps it harmless.
+			p.log.Warn("revocation stopped waiting for a write in flight after the longest a write may take (write timeout × attempts plus backoff); the next owner fences it",
+				"partitions", ids, "waited", budget)
+			return
 		}
 	}
 	p.log.Info("partitions revoked", "topic", p.cfg.Topic, "partitions", ids)
-}
-
-// positions are the stored positions of the held partitions.
-func (p *Pipeline) positions() map[int32]int64 {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := make(map[int32]int64, len(p.parts))
-	for id, ps := range p.parts {
-		if ps.stored >= 0 {
-			out[id] = ps.stored
-		}
-	}
-	return out
 }
 
 // commitKafka mirrors stored positions into the group's Kafka offsets, so
@@ -546,77 +502,35 @@ func (p *Pipeline) statusLoop(ctx context.Context) {
 			return
 		case now := <-t.C:
 			stored := p.nStored.Load()
-			p.mu.Lock()
-			var lag int64
-			for _, ps := range p.parts {
-				lag += max(ps.hwm-max(ps.stored, 0), 0)
-			}
-			held, buffered := len(p.parts), p.rows
-			p.mu.Unlock()
+			s := p.snap.Load()
 			p.log.Info("status",
 				"rows_per_sec", int64(float64(stored-last)/now.Sub(lastAt).Seconds()),
 				"rows_stored", stored, "duplicates", p.nDup.Load(), "dead_letters", p.nDead.Load(),
-				"lag", lag, "buffered", buffered, "partitions", held, "breaker", p.breaker.State().String())
+				"lag", p.lag.Load(), "buffered", s.buffered, "partitions", s.held, "breaker", p.breaker.State().String())
 			last, lastAt = stored, now
 		}
 	}
 }
 
-// forget drops a partition's buffered messages from the buffer's counts.
-// p.mu must be held.
-func (p *Pipeline) forget(ps *partition) {
-	for _, e := range ps.entries {
-		p.rows--
-		p.bytes -= len(e.rec.Key) + len(e.rec.Value)
-	}
-	ps.entries = nil
-}
-
-// checkBounds compares stored positions with the partitions' logs and
-// returns the partitions whose position lies past the end of the log: the
-// topic was deleted and created again, or the broker lost data. Those start
-// again from StartOffset, and their offsets are read as new. A position
-// before the start of the log means retention deleted messages before they
-// were read; that cannot be undone, only reported. The check is skipped if
-// the broker cannot answer now.
-func (p *Pipeline) checkBounds(ctx context.Context, stored map[int32]int64) map[int32]bool {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	select {
-	case <-p.clientSet:
-	case <-ctx.Done():
-		return nil
-	}
-	adm := kadm.NewClient(p.client)
-	ends, err := adm.ListEndOffsets(ctx, p.cfg.Topic)
-	if err == nil {
-		err = ends.Error()
-	}
-	starts, err2 := adm.ListStartOffsets(ctx, p.cfg.Topic)
-	if err == nil {
-		err = err2
-	}
-	if err != nil {
-		p.log.Warn("could not compare stored positions with the topic's offsets", "error", err)
-		return nil
-	}
-	rewound := map[int32]bool{}
-	for id, pos := range stored {
-		if pos < 0 {
-			continue
+// retryForever runs op with the retry policy until it succeeds or ctx
+// ends: used where giving up would lose or skip messages.
+func (p *Pipeline) retryForever(ctx context.Context, target string, op func(context.Context) error) error {
+	for {
+		err := p.cfg.Retry.Do(ctx, op, func(err error, wait time.Duration) {
+			p.m.retries.WithLabelValues(target).Inc()
+			p.log.Warn("operation failed; retrying", "target", target, "wait", wait, "error", err)
+		})
+		if err == nil {
+			return nil
 		}
-		end, ok := ends.Lookup(p.cfg.Topic, id)
-		if ok && end.Err == nil && pos > end.Offset {
-			rewound[id] = true
-			p.log.Error("stored position is past the end of the partition: the topic was recreated or the broker lost data; reading the partition again from the start offset",
-				"partition", id, "stored_offset", pos, "end_offset", end.Offset, "start_offset", p.cfg.StartOffset)
-			continue
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		start, ok := starts.Lookup(p.cfg.Topic, id)
-		if ok && start.Err == nil && pos < start.Offset {
-			p.log.Error("messages were deleted by retention before notifyd read them",
-				"partition", id, "stored_offset", pos, "log_start_offset", start.Offset, "lost", start.Offset-pos)
+		p.m.retries.WithLabelValues(target).Inc()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
 		}
 	}
-	return rewound
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -14,222 +15,391 @@ import (
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
-// batch is what one write takes from the buffer.
+// writer is one writing goroutine: it takes a batch from in, writes it
+// and reports on Pipeline.results. It writes the partitions whose id
+// modulo the number of writers is its id, so that each transaction moves
+// only its own partitions' positions.
+type writer struct {
+	id int
+	in chan *batch // capacity 1; closed at the end of Run
+	// attempt is when the write attempt in flight began (unix nanos), 0
+	// when none: readiness reads it.
+	attempt atomicTime
+
+	batch *batch // the batch in flight; owned by the consume goroutine
+}
+
+// batch is what one write takes from the buffer: whole partitions. The
+// SQL batch, dead letters, timestamps and counts are derived from them.
 type batch struct {
 	trigger string
-	ranges  []postgres.Range
-	gens    map[int32]uint64
-	rows    []notification.Notification
-	rowRecs []*kgo.Record // the record of each row, for dead letters
-	dead    []*kgo.Record // dead letters of messages that failed to decode or validate
-	classes map[notification.Class]int
-	stamps  []time.Time // record timestamps, for end-to-end latency
-	parts   []int32     // the partition of each stamp
-	sent    bool        // dead letters published
+	w       *writer
+	parts   []partBatch // in partition order
+	readAt  time.Time   // read time of its oldest message
 }
 
-// writeLoop writes a batch each time the consume loop says one is ready;
-// once stop is closed it writes what is left and returns.
-func (p *Pipeline) writeLoop(ctx context.Context, stop <-chan struct{}) error {
-	for {
-		select {
-		case <-p.ready:
-			if err := p.flush(ctx, ""); err != nil {
-				return err
-			}
-		case <-stop:
-			return p.flush(ctx, "shutdown")
-		}
-	}
+// partBatch is one partition's part of a batch.
+type partBatch struct {
+	id       int32
+	gen      uint64 // assignment the entries were read in
+	from, to int64  // stored position expected, and the one after the last entry
+	entries  []entry
+	readAt   time.Time
 }
 
-// flush takes everything buffered and writes it.
-func (p *Pipeline) flush(ctx context.Context, trigger string) error {
-	b := p.take(trigger)
-	if b == nil {
-		return nil
-	}
-	defer p.endWrite()
-	return p.write(ctx, b)
+// writeResult is what a writer reports on a batch.
+type writeResult struct {
+	b      *batch // committed, or (with failed) handed back; fenced partitions removed
+	res    postgres.Result
+	dead   int // dead letters recorded (not counting rows the database refused)
+	took   time.Duration
+	fenced map[int32]fencedPart
+	failed error // the batch was not written: failed after its retries, or the writers' context ended
 }
 
-// take moves all buffered messages into a batch.
-func (p *Pipeline) take(trigger string) *batch {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.rows == 0 {
-		return nil
+// fencedPart is a partition another writer moved: its stored position.
+type fencedPart struct {
+	gen    uint64
+	stored int64
+}
+
+func (b *batch) ids() []int32 {
+	ids := make([]int32, len(b.parts))
+	for i := range b.parts {
+		ids[i] = b.parts[i].id
 	}
-	if trigger == "" {
-		trigger = p.trigger(true)
+	return ids
+}
+
+// messages is how many messages the batch holds.
+func (b *batch) messages() int {
+	n := 0
+	for i := range b.parts {
+		n += len(b.parts[i].entries)
 	}
-	b := &batch{trigger: trigger, gens: make(map[int32]uint64), classes: make(map[notification.Class]int)}
-	for id, ps := range p.parts {
-		if len(ps.entries) == 0 {
+	return n
+}
+
+// dispatch gives each idle writer the buffered partitions it writes, when
+// the batch policy says to (or always, when all is set: at shutdown).
+func (c *core) dispatch(emptyPoll, all bool) {
+	now := time.Now()
+	for _, w := range c.p.writers {
+		if w.batch != nil {
 			continue
 		}
-		last := ps.entries[len(ps.entries)-1].rec.Offset
-		b.ranges = append(b.ranges, postgres.Range{Partition: id, From: ps.stored, To: last + 1})
-		b.gens[id] = ps.gen
-		for _, e := range ps.entries {
-			b.stamps = append(b.stamps, e.rec.Timestamp)
-			b.parts = append(b.parts, id)
-			if e.bad != nil {
-				b.dead = append(b.dead, dlq.Letter(p.cfg.DLQTopic, e.rec, string(e.bad.Class), e.bad.Error(), 1))
-				b.classes[e.bad.Class]++
+		b := c.take(w, emptyPoll, all, now)
+		if b == nil {
+			continue
+		}
+		w.batch = b
+		w.in <- b // never blocks: the writer is idle
+	}
+}
+
+// take moves the buffered partitions of writer w into a batch, if the
+// batch policy says their messages should be written now. A partition
+// that was set aside is left out until its time comes; then it is written
+// alone, so that it cannot hold back the others again.
+func (c *core) take(w *writer, emptyPoll, all bool, now time.Time) *batch {
+	var ids []int32
+	rows := 0
+	var oldest time.Time
+	caught := emptyPoll
+	if !caught {
+		caught = true
+	}
+	var retry int32 = -1
+	for id, ps := range c.parts {
+		if c.writerOf(id) != w.id || len(ps.entries) == 0 {
+			continue
+		}
+		if ps.failures > 0 {
+			if !all && now.Before(ps.aside) {
 				continue
 			}
-			b.rows = append(b.rows, e.n)
-			b.rowRecs = append(b.rowRecs, e.rec)
+			retry = id
+		}
+		ids = append(ids, id)
+		rows += len(ps.entries)
+		if oldest.IsZero() || ps.readAt.Before(oldest) {
+			oldest = ps.readAt
+		}
+		if !ps.caught {
+			caught = emptyPoll
+		}
+	}
+	if len(ids) == 0 {
+		return nil
+	}
+	trigger := "shutdown"
+	if !all {
+		trigger = policy{size: c.p.cfg.BatchSize, interval: c.p.cfg.FlushInterval}.trigger(rows, now.Sub(oldest), caught)
+		if trigger == "" {
+			return nil
+		}
+	}
+	if retry >= 0 && !all {
+		trigger, ids = "retry", []int32{retry}
+	}
+	slices.Sort(ids)
+	ids = c.p.gate.begin(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	b := &batch{trigger: trigger, w: w}
+	for _, id := range ids {
+		ps := c.parts[id]
+		last := ps.entries[len(ps.entries)-1].rec.Offset
+		b.parts = append(b.parts, partBatch{id: id, gen: ps.gen, from: ps.stored, to: last + 1, entries: ps.entries, readAt: ps.readAt})
+		if b.readAt.IsZero() || ps.readAt.Before(b.readAt) {
+			b.readAt = ps.readAt
+		}
+		for _, e := range ps.entries {
+			c.rows--
+			c.bytes -= len(e.rec.Key) + len(e.rec.Value)
 		}
 		ps.entries = nil
+		ps.writing = true
 	}
-	p.rows, p.bytes = 0, 0
-	p.inflight = make(chan struct{})
-	p.m.bufferedRows.Set(0)
-	p.m.bufferedBytes.Set(0)
-	select {
-	case p.space <- struct{}{}:
-	default:
-	}
+	c.p.m.bufferedRows.Set(float64(c.rows))
+	c.p.m.bufferedBytes.Set(float64(c.bytes))
 	return b
 }
 
-func (p *Pipeline) endWrite() {
-	p.mu.Lock()
-	if p.inflight != nil {
-		close(p.inflight)
-		p.inflight = nil
+// collect handles every write result that is ready, without waiting.
+func (c *core) collect() {
+	for {
+		select {
+		case r := <-c.p.results:
+			c.result(r)
+		default:
+			return
+		}
 	}
-	p.mu.Unlock()
 }
 
-// write commits b, whatever it takes: transient failures are retried with
-// backoff, the breaker paces attempts while the database is down, fenced
-// partitions are dropped from the batch and re-read. It returns only on
-// success or when ctx ends.
-func (p *Pipeline) write(ctx context.Context, b *batch) error {
-	p.m.writes.WithLabelValues(b.trigger).Inc()
-	for len(b.ranges) > 0 {
-		if !b.sent {
-			if err := p.retryForever(ctx, "dlq", func(ctx context.Context) error {
-				return p.dlq.Publish(ctx, b.dead...)
-			}); err != nil {
-				return err
-			}
-			b.sent = true
+// result applies a writer's report to the partition table: committed
+// positions, fenced partitions to re-read, or a failed batch set aside.
+func (c *core) result(r *writeResult) {
+	p := c.p
+	b := r.b
+	b.w.batch = nil
+	now := time.Now()
+	for id, f := range r.fenced {
+		ps := c.parts[id]
+		if ps == nil || ps.gen != f.gen {
+			continue // no longer ours
 		}
+		ps.writing = false
+		ps.stored, ps.floor = f.stored, f.stored
+		c.forget(ps)
+		ps.reseek = true
+	}
+	if r.failed != nil {
+		for _, pb := range b.parts {
+			ps := c.parts[pb.id]
+			if ps == nil || ps.gen != pb.gen {
+				continue
+			}
+			ps.writing = false
+			// Back in front of what was read since, in order.
+			ps.entries = append(pb.entries, ps.entries...)
+			ps.readAt = pb.readAt
+			for _, e := range pb.entries {
+				c.rows++
+				c.bytes += len(e.rec.Key) + len(e.rec.Value)
+			}
+			if errors.Is(r.failed, context.Canceled) || errors.Is(r.failed, context.DeadlineExceeded) {
+				continue // shutdown
+			}
+			ps.failures++
+			wait := p.cfg.Retry.Backoff()
+			var d time.Duration
+			for range min(ps.failures, 16) {
+				d = wait.NextBackOff()
+			}
+			ps.aside = now.Add(d)
+			p.m.setAside.Inc()
+			p.log.Warn("partition set aside: its write failed after retries; the other partitions go on, and it is tried again alone",
+				"partition", pb.id, "failures", ps.failures, "retry_in", d, "error", r.failed)
+		}
+		p.m.bufferedRows.Set(float64(c.rows))
+		p.m.bufferedBytes.Set(float64(c.bytes))
+		return
+	}
+	pos := make(map[int32]int64, len(b.parts))
+	for _, pb := range b.parts {
+		ps := c.parts[pb.id]
+		if ps == nil || ps.gen != pb.gen {
+			continue
+		}
+		ps.writing = false
+		ps.stored, ps.floor = pb.to, pb.to
+		if ps.failures > 0 {
+			p.log.Info("partition set aside before is written again", "partition", pb.id, "failures", ps.failures)
+		}
+		ps.failures = 0
+		pos[pb.id] = pb.to
+		p.m.storedPosition.WithLabelValues(partLabel(pb.id)).Set(float64(pb.to))
+		p.m.lag.WithLabelValues(partLabel(pb.id)).Set(float64(max(ps.hwm-pb.to, 0)))
+	}
+	p.commitKafka(context.Background(), pos, false)
+}
+
+// sql derives the store's batch from b.
+func (p *Pipeline) sql(b *batch) *postgres.Batch {
+	sb := &postgres.Batch{Group: p.cfg.Group, Topic: p.cfg.Topic, DLQTopic: p.cfg.DLQTopic}
+	n := b.messages()
+	sb.Rows = make([]notification.Notification, 0, n)
+	recs := make([]*kgo.Record, 0, n) // the record of each row, for its dead letter
+	for i := range b.parts {
+		pb := &b.parts[i]
+		sb.Ranges = append(sb.Ranges, postgres.Range{Partition: pb.id, From: pb.from, To: pb.to})
+		for _, e := range pb.entries {
+			if e.bad != nil {
+				sb.Dead = append(sb.Dead, dlq.Stored(e.rec, string(e.bad.Class), e.bad.Error()))
+				continue
+			}
+			sb.Rows = append(sb.Rows, e.n)
+			recs = append(recs, e.rec)
+		}
+	}
+	sb.Refused = func(i int, err error) postgres.DeadLetter {
+		return dlq.Stored(recs[i], string(notification.ClassStore), "the database refused the row: "+err.Error())
+	}
+	return sb
+}
+
+// writeLoop writes each batch w is given until in is closed.
+func (p *Pipeline) writeLoop(ctx context.Context, w *writer) {
+	for b := range w.in {
+		r := p.write(ctx, w, b)
+		p.gate.end(b.ids())
+		for id := range r.fenced {
+			p.gate.end([]int32{id})
+		}
+		p.results <- r
+		if cancel := p.pollCancel.Load(); cancel != nil {
+			(*cancel)()
+		}
+	}
+}
+
+// write commits b: transient failures are retried with backoff, the
+// breaker paces attempts while the database is down, fenced partitions are
+// dropped from the batch and reported. It gives up when the retries are
+// used up (the batch is set aside) or ctx ends.
+func (p *Pipeline) write(ctx context.Context, w *writer, b *batch) *writeResult {
+	p.m.writes.WithLabelValues(b.trigger).Inc()
+	r := &writeResult{b: b}
+	for len(b.parts) > 0 {
+		sb := p.sql(b)
 		start := time.Now()
 		var res postgres.Result
 		err := p.breaker.Do(func() error {
 			return p.cfg.Retry.Do(ctx, func(ctx context.Context) error {
 				wctx, cancel := context.WithTimeout(ctx, p.cfg.WriteTimeout)
 				defer cancel()
+				w.attempt.Store(time.Now())
 				var err error
-				res, err = p.store.Write(wctx, &postgres.Batch{
-					Group: p.cfg.Group, Topic: p.cfg.Topic, Ranges: b.ranges, Rows: b.rows,
-				}, p.rejecter(b))
+				res, err = p.store.Write(wctx, sb)
+				w.attempt.Store(time.Time{})
 				var fe *postgres.FencedError
 				if errors.As(err, &fe) {
+					p.lastOK.Store(time.Now().UnixNano())
 					return retry.Excluded(retry.Permanent(err))
+				}
+				if err != nil && ctx.Err() == nil {
+					p.lastFailed.Store(time.Now().UnixNano())
+				} else if err == nil {
+					p.lastOK.Store(time.Now().UnixNano())
 				}
 				return err
 			}, func(err error, wait time.Duration) {
 				p.m.retries.WithLabelValues("database").Inc()
-				p.log.Warn("write failed; retrying", "rows", len(b.rows), "wait", wait, "error", err)
+				p.log.Warn("write failed; retrying", "rows", len(sb.Rows), "wait", wait, "error", err)
 			})
 		})
 		var fe *postgres.FencedError
 		switch {
 		case err == nil:
-			p.committed(ctx, b, res, time.Since(start))
-			return nil
+			r.res, r.took, r.dead = res, time.Since(start), len(sb.Dead)
+			p.committed(b, sb, res, r.took)
+			return r
 		case errors.As(err, &fe):
-			if err := p.fence(ctx, b, fe.Partitions); err != nil {
-				return err
+			if err := p.fence(ctx, b, fe.Partitions, r); err != nil {
+				r.failed = err
+				return r
 			}
 		case ctx.Err() != nil:
-			return ctx.Err()
+			r.failed = ctx.Err()
+			return r
 		case errors.Is(err, retry.ErrOpen):
 			// The breaker lets a probe through once its timeout has passed;
-			// look again soon so that recovery is noticed quickly.
+			// look again soon so that recovery is noticed quickly. The
+			// database is down for every partition: nothing to set aside.
 			select {
 			case <-ctx.Done():
-				return ctx.Err()
+				r.failed = ctx.Err()
+				return r
 			case <-time.After(min(p.breaker.Timeout(), 100*time.Millisecond)):
 			}
 		default:
-			p.log.Error("write failed after retries; trying again", "rows", len(b.rows), "breaker", p.breaker.State().String(), "error", err)
+			r.failed = err
+			return r
 		}
 	}
-	return nil
+	return r
 }
 
-// rejecter dead-letters rows the database refused for their data.
-func (p *Pipeline) rejecter(b *batch) func(context.Context, []postgres.Rejected) error {
-	return func(ctx context.Context, rej []postgres.Rejected) error {
-		recs := make([]*kgo.Record, len(rej))
-		for i, r := range rej {
-			recs[i] = dlq.Letter(p.cfg.DLQTopic, b.rowRecs[r.Index], string(notification.ClassStore),
-				"the database refused the row: "+r.Err.Error(), 1)
-		}
-		if err := p.dlq.Publish(ctx, recs...); err != nil {
-			// The broker's failure says nothing of the database's health.
-			return retry.Excluded(err)
-		}
-		return nil
+// committed counts a successful write. Metrics are safe for concurrent
+// use; the partition table is updated by the consume goroutine (result).
+func (p *Pipeline) committed(b *batch, sb *postgres.Batch, res postgres.Result, took time.Duration) {
+	if len(sb.Dead) > 0 || res.Rejected > 0 {
+		p.relay.Wake()
 	}
-}
-
-// committed records a successful write.
-func (p *Pipeline) committed(ctx context.Context, b *batch, res postgres.Result, took time.Duration) {
-	pos := make(map[int32]int64, len(b.ranges))
-	lag := make(map[int32]int64, len(b.ranges))
-	p.mu.Lock()
-	for _, r := range b.ranges {
-		if ps := p.parts[r.Partition]; ps != nil && ps.gen == b.gens[r.Partition] {
-			ps.stored, ps.floor = r.To, r.To
-			pos[r.Partition] = r.To
-			lag[r.Partition] = max(ps.hwm-r.To, 0)
-		}
-	}
-	p.mu.Unlock()
-
 	now := time.Now()
 	p.m.stored.Add(float64(res.Inserted))
 	p.nStored.Add(int64(res.Inserted))
-	p.nDead.Add(int64(len(b.dead) + res.Rejected))
+	p.nDead.Add(int64(len(sb.Dead) + res.Rejected))
 	p.nDup.Add(int64(res.Duplicates))
 	p.m.duplicates.Add(float64(res.Duplicates))
 	p.m.expired.Add(float64(res.Expired))
-	for class, n := range b.classes {
-		p.m.deadLetters.WithLabelValues(string(class)).Add(float64(n))
+	for _, l := range sb.Dead {
+		p.m.deadLetters.WithLabelValues(l.Class).Inc()
 	}
 	p.m.deadLetters.WithLabelValues(string(notification.ClassStore)).Add(float64(res.Rejected))
-	p.m.batchSize.Observe(float64(len(b.stamps)))
+	p.m.batchSize.Observe(float64(b.messages()))
 	p.m.flushSeconds.Observe(took.Seconds())
-	for _, ts := range b.stamps {
-		p.m.e2eSeconds.Observe(now.Sub(ts).Seconds())
+	for i := range b.parts {
+		for _, e := range b.parts[i].entries {
+			p.m.e2eSeconds.Observe(now.Sub(e.rec.Timestamp).Seconds())
+		}
 	}
-	for id, o := range pos {
-		p.m.storedPosition.WithLabelValues(partLabel(id)).Set(float64(o))
-		p.m.lag.WithLabelValues(partLabel(id)).Set(float64(lag[id]))
+	if p.cfg.OnCommit != nil {
+		stamps := make([]time.Time, 0, b.messages())
+		for i := range b.parts {
+			for _, e := range b.parts[i].entries {
+				stamps = append(stamps, e.rec.Timestamp)
+			}
+		}
+		p.onCommitMu.Lock()
+		p.cfg.OnCommit(stamps, took)
+		p.onCommitMu.Unlock()
 	}
 	if res.Rejected > 0 {
 		p.log.Warn("rows refused by the database were dead-lettered", "rejected", res.Rejected, "stored", res.Inserted, "statements", res.Statements)
 	}
-	p.log.Debug("batch committed", "messages", len(b.stamps), "stored", res.Inserted, "duplicates", res.Duplicates,
-		"expired", res.Expired, "dead_letters", len(b.dead)+res.Rejected, "took", took, "trigger", b.trigger)
-	p.commitKafka(ctx, pos, false)
-	if p.cfg.OnCommit != nil {
-		p.cfg.OnCommit(b.stamps, took)
-	}
+	p.log.Debug("batch committed", "messages", b.messages(), "stored", res.Inserted, "duplicates", res.Duplicates,
+		"expired", res.Expired, "dead_letters", len(sb.Dead)+res.Rejected, "took", took, "trigger", b.trigger)
 }
 
 // fence handles partitions another writer moved: their stored positions
-// are reloaded, their part of the batch and their buffered messages are
-// dropped, and the consume loop re-reads them from the stored position.
-func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32) error {
+// are reloaded and reported, and their part of the batch (dead letters
+// included: the transaction that would have recorded them rolled back) is
+// dropped. The consume goroutine re-reads them from the stored position.
+func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32, r *writeResult) error {
 	var stored map[int32]int64
 	if err := p.retryForever(ctx, "database", func(ctx context.Context) error {
 		var err error
@@ -240,61 +410,54 @@ func (p *Pipeline) fence(ctx context.Context, b *batch, ids []int32) error {
 	}
 	p.m.fenced.Add(float64(len(ids)))
 	p.log.Warn("partitions were moved by another writer; re-reading them from the stored position", "partitions", stored)
-
-	p.mu.Lock()
-	for _, id := range ids {
-		ps := p.parts[id]
-		if ps == nil || ps.gen != b.gens[id] {
-			continue // no longer ours
-		}
-		ps.stored, ps.floor = stored[id], stored[id]
-		p.forget(ps)
-		ps.reseek = true
+	if r.fenced == nil {
+		r.fenced = map[int32]fencedPart{}
 	}
-	p.mu.Unlock()
-
-	out := func(part int32) bool { return slices.Contains(ids, part) }
-	b.ranges = slices.DeleteFunc(b.ranges, func(r postgres.Range) bool { return out(r.Partition) })
-	var rows []notification.Notification
-	var recs []*kgo.Record
-	for i, r := range b.rowRecs {
-		if !out(r.Partition) {
-			rows = append(rows, b.rows[i])
-			recs = append(recs, r)
+	for _, pb := range b.parts {
+		if slices.Contains(ids, pb.id) {
+			r.fenced[pb.id] = fencedPart{gen: pb.gen, stored: stored[pb.id]}
 		}
 	}
-	b.rows, b.rowRecs = rows, recs
-	var stamps []time.Time
-	var parts []int32
-	for i, part := range b.parts {
-		if !out(part) {
-			stamps = append(stamps, b.stamps[i])
-			parts = append(parts, part)
-		}
-	}
-	b.stamps, b.parts = stamps, parts
+	b.parts = slices.DeleteFunc(b.parts, func(pb partBatch) bool { return slices.Contains(ids, pb.id) })
 	return nil
 }
 
-// retryForever runs op with the retry policy until it succeeds or ctx
-// ends: used where giving up would lose or skip messages.
-func (p *Pipeline) retryForever(ctx context.Context, target string, op func(context.Context) error) error {
-	for {
-		err := p.cfg.Retry.Do(ctx, op, func(err error, wait time.Duration) {
-			p.m.retries.WithLabelValues(target).Inc()
-			p.log.Warn("operation failed; retrying", "target", target, "wait", wait, "error", err)
-		})
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		p.m.retries.WithLabelValues(target).Inc()
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
+// policy decides when buffered messages are written.
+type policy struct {
+	size     int
+	interval time.Duration
 }
+
+// trigger names why n buffered messages, the oldest read age ago, should be
+// written now, or returns "" to keep buffering. caughtUp says that nothing
+// more is waiting to be read: every partition with buffered messages was
+// read to its end, or the last poll found nothing. Waiting would then only
+// add latency, since no message is coming to fill the batch.
+func (pl policy) trigger(n int, age time.Duration, caughtUp bool) string {
+	switch {
+	case n == 0:
+		return ""
+	case n >= pl.size:
+		return "size"
+	case age >= pl.interval:
+		return "age"
+	case caughtUp:
+		return "idle"
+	}
+	return ""
+}
+
+// atomicTime is a time that one goroutine sets and others read.
+type atomicTime struct{ ns atomic.Int64 }
+
+// Store sets t; the zero time clears it.
+func (a *atomicTime) Store(t time.Time) {
+	if t.IsZero() {
+		a.ns.Store(0)
+		return
+	}
+	a.ns.Store(t.UnixNano())
+}
+
+// Load is the time as unix nanos, 0 when cleared.
+func (a *atomicTime) Load() int64 { return a.ns.Load() }

@@ -17,7 +17,7 @@ func TestWriteLargeBatchKeepsTheContract(t *testing.T) {
 	claim(t, st, 0)
 	rows := testRows(largeBatch + 500)
 	rows[7].Data = nil
-	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, NoOffset, 100}}, Rows: rows}, noReject(t))
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, NoOffset, 100}}, Rows: rows})
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
@@ -43,7 +43,7 @@ func TestWriteLargeBatchKeepsTheContract(t *testing.T) {
 	// Half old ids, half new, and a repeat inside the batch.
 	again := append(rows[:largeBatch/2:largeBatch/2], testRows(largeBatch/2)...)
 	again = append(again, again[len(again)-1])
-	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, 100, 200}}, Rows: again}, noReject(t))
+	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: []Range{{0, 100, 200}}, Rows: again})
 	if err != nil {
 		t.Fatalf("second write: %v", err)
 	}

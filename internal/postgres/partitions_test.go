@@ -51,7 +51,7 @@ func writeAt(t *testing.T, st *Store, rows []notification.Notification) Result {
 	ctx := context.Background()
 	from := claim(t, st, 0)[0]
 	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + int64(len(rows))}}, Rows: rows}, noReject(t))
+		Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + int64(len(rows))}}, Rows: rows})
 	if err != nil {
 		t.Fatalf("write %d rows: %v", len(rows), err)
 	}
@@ -348,7 +348,7 @@ func TestMaintenanceConcurrentWithIngestLosesAndDuplicatesNothing(t *testing.T) 
 				rows[i] = rowAt(c.Add(time.Duration(i) * time.Second))
 			}
 			res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-				Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + 200}}, Rows: rows}, noReject(t))
+				Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + 200}}, Rows: rows})
 			if err != nil {
 				werr = err
 				return

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -44,8 +43,7 @@ func (w *writeLoop) run(ctx context.Context, st *Store, n int, stop <-chan struc
 		}
 		to := max(from, 0) + int64(n)
 		t := time.Now()
-		_, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows},
-			func(context.Context, []Rejected) error { return fmt.Errorf("unexpected reject") })
+		_, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
 		d := time.Since(t)
 		w.mu.Lock()
 		w.starts, w.took = append(w.starts, t), append(w.took, d)

@@ -9,10 +9,12 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -248,6 +250,27 @@ type Batch struct {
 	Group, Topic string
 	Ranges       []Range
 	Rows         []notification.Notification
+	// Dead are the batch's dead letters, recorded in notifyd_dead_letters
+	// for DLQTopic in the same transaction.
+	Dead     []DeadLetter
+	DLQTopic string
+	// Refused builds the dead letter of Rows[i], which the database refused
+	// for its data with err; it is recorded beside Dead. Nil means that a
+	// refused row fails the write.
+	Refused func(i int, err error) DeadLetter
+
+	// token identifies this batch's transactions in the offset rows they
+	// move (writer_token); every attempt to write the batch uses the same
+	// one. If an attempt's COMMIT succeeded but its acknowledgement was
+	// lost, the next attempt finds the token instead of its From position
+	// and knows the batch is written: no false fencing.
+	token uuid.UUID
+	// last is the result of the latest attempt that reached COMMIT.
+	last *Result
+	// expired and windowed are the rows the screen took out before the
+	// write: too old for the retention, or already stored within the
+	// dedupe window. They count in the result.
+	expired, windowed int
 }
 
 // Rejected is a row the database refused for its data.
@@ -260,7 +283,7 @@ type Rejected struct {
 type Result struct {
 	Inserted   int // rows stored
 	Duplicates int // rows skipped because their id was already stored
-	Rejected   int // rows dead-lettered by the reject callback
+	Rejected   int // rows refused by the database, recorded as dead letters
 	Statements int // insert statements run, including isolation of bad rows
 	// Expired counts valid rows not stored because they were older than the
 	// retention: neither rows nor dead letters.
@@ -278,56 +301,58 @@ func (e *FencedError) Error() string {
 	return fmt.Sprintf("partitions %v moved by another writer since they were loaded", e.Partitions)
 }
 
-// Write commits the batch's rows and its ranges' positions in one
-// transaction. Rows whose id is already stored are skipped. If the database
-// rejects rows for their data, Write finds them by bisection inside the
-// transaction, hands them to reject (which must make them durable elsewhere,
-// or fail), and commits the rest. A range whose stored position is not its
-// From fails the whole write with *FencedError.
-func (s *Store) Write(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
+// Write commits the batch's rows, its dead letters and its ranges'
+// positions in one transaction. Rows whose id is already stored are
+// skipped. If the database rejects rows for their data, Write finds them
+// inside the transaction, records them as dead letters (Batch.Refused) and
+// commits the rest. A range whose stored position is not its From fails the
+// whole write with *FencedError, and nothing is written.
+func (s *Store) Write(ctx context.Context, b *Batch) (Result, error) {
 	sc, err := s.screen(ctx, b.Rows)
 	if err != nil {
 		return Result{}, err
 	}
+	if b.token == uuid.Nil {
+		b.token = uuid.New()
+	}
+	wb := b
 	if sc.orig != nil {
-		// The rest of the write sees only the rows to insert; rejected
-		// rows are reported by their index in the caller's batch.
-		b = &Batch{Group: b.Group, Topic: b.Topic, Ranges: b.Ranges, Rows: sc.rows}
-		next := reject
-		reject = func(ctx context.Context, rej []Rejected) error {
-			for i := range rej {
-				rej[i].Index = sc.orig[rej[i].Index]
-			}
-			return next(ctx, rej)
+		// The rest of the write sees only the rows to insert; refused rows
+		// are reported by their index in the caller's batch.
+		wb = &Batch{Group: b.Group, Topic: b.Topic, Ranges: b.Ranges, Rows: sc.rows,
+			Dead: b.Dead, DLQTopic: b.DLQTopic, token: b.token, last: b.last}
+		if b.Refused != nil {
+			wb.Refused = func(i int, err error) DeadLetter { return b.Refused(sc.orig[i], err) }
 		}
 	}
-	res, err := s.writeRows(ctx, b, reject)
-	res.Expired, res.Duplicates = sc.expired, res.Duplicates+sc.windowed
+	wb.expired, wb.windowed = sc.expired, sc.windowed
+	res, err := s.writeRows(ctx, wb)
+	b.last = wb.last // what an attempt that reached COMMIT did, for the next attempt
 	return res, err
 }
 
-func (s *Store) writeRows(ctx context.Context, b *Batch, reject func(context.Context, []Rejected) error) (Result, error) {
+func (s *Store) writeRows(ctx context.Context, b *Batch) (Result, error) {
 	m := modeUpsert
 	if len(b.Rows) >= copyMinRows && s.upsertOnly.Load() <= 0 {
 		m = modeCopy
 	} else if s.upsertOnly.Load() > 0 {
 		s.upsertOnly.Add(-1)
 	}
-	res, err := s.write(ctx, b, m, reject)
+	res, err := s.write(ctx, b, m)
 	wasted := 0
 	if err != nil && m == modeCopy && isUniqueViolation(err) {
 		// The batch holds an id already stored (or twice): COPY cannot
 		// skip it, the upsert can.
 		s.upsertOnly.Store(upsertAfterDuplicate)
 		wasted++
-		res, err = s.write(ctx, b, modeUpsert, reject)
+		res, err = s.write(ctx, b, modeUpsert)
 	}
 	if err != nil && retry.IsDataError(err) {
 		// A row the database refuses aborts the transaction; run it again,
-		// this time isolating the bad rows behind savepoints. The common
-		// path pays for no savepoints.
+		// this time isolating the bad rows, in one round trip. The common
+		// path pays for no subtransactions.
 		wasted++
-		res, err = s.write(ctx, b, modeIsolate, reject)
+		res, err = s.write(ctx, b, modeIsolate)
 	}
 	res.Statements += wasted
 	return res, err
@@ -339,7 +364,7 @@ type mode int
 const (
 	modeCopy    mode = iota // binary COPY into the table: fastest, refuses any duplicate id
 	modeUpsert              // one INSERT … ON CONFLICT (id) DO NOTHING of column arrays
-	modeIsolate             // modeUpsert behind savepoints, bisecting rows the database refuses
+	modeIsolate             // each row in a subtransaction of its own, on the server (insertEach)
 )
 
 // copyMinRows is the batch size from which writes try COPY first, and
@@ -354,7 +379,7 @@ func isUniqueViolation(err error) bool {
 	return errors.As(err, &pe) && pe.Code == "23505"
 }
 
-func (s *Store) write(ctx context.Context, b *Batch, m mode, reject func(context.Context, []Rejected) error) (res Result, err error) {
+func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err error) {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
 		return res, fmt.Errorf("begin: %w", err)
@@ -364,14 +389,23 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode, reject func(context
 			_ = tx.Rollback(context.WithoutCancel(ctx))
 		}
 	}()
+	if b.token == uuid.Nil {
+		b.token = uuid.New()
+	}
 	if err := s.advance(ctx, tx, b); err != nil {
+		if errors.Is(err, errWritten) {
+			if err := tx.Rollback(ctx); err != nil {
+				return res, fmt.Errorf("rollback: %w", err)
+			}
+			return *b.last, nil
+		}
 		return res, err
 	}
 	var bad []Rejected
 	switch m {
 	case modeIsolate:
 		// The whole batch is known to fail: the write before this one said so.
-		bad, err = s.insertIsolating(ctx, tx, b.Rows, 0, true, &res)
+		bad, err = insertEach(ctx, tx, b.Rows, &res)
 	default:
 		var n int64
 		if m == modeCopy {
@@ -385,22 +419,39 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode, reject func(context
 	if err != nil {
 		return res, fmt.Errorf("insert %d rows: %w", len(b.Rows), err)
 	}
+	dead := b.Dead
 	if len(bad) > 0 {
-		if err := reject(ctx, bad); err != nil {
-			return res, fmt.Errorf("dead-letter %d rejected rows: %w", len(bad), err)
+		if b.Refused == nil {
+			return res, fmt.Errorf("insert %d rows: %d refused: %w", len(b.Rows), len(bad), bad[0].Err)
+		}
+		dead = append(slices.Clip(dead), make([]DeadLetter, 0, len(bad))...)
+		for _, r := range bad {
+			dead = append(dead, b.Refused(r.Index, r.Err))
 		}
 		res.Rejected = len(bad)
 	}
+	if err := insertDeadLetters(ctx, tx, b.Group, b.DLQTopic, dead); err != nil {
+		return res, err
+	}
+	res.Duplicates = len(b.Rows) - res.Rejected - res.Inserted + b.windowed
+	res.Expired = b.expired
+	last := res
+	b.last = &last
 	if err := tx.Commit(ctx); err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
-	res.Duplicates = len(b.Rows) - res.Rejected - res.Inserted
 	return res, nil
 }
 
+// errWritten says that an earlier attempt of the batch committed.
+var errWritten = errors.New("batch already written")
+
 // advance moves the batch's partitions from From to To, taking their row
-// locks, so that a concurrent writer of the same partition waits and then
-// finds the position moved.
+// locks in partition order (so that two writers sharing partitions never
+// wait on each other in a cycle): a concurrent writer of the same partition
+// waits and then finds the position moved. It writes the batch's token
+// into the rows; finding the token already there at To, it returns
+// errWritten.
 func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 	parts := make([]int32, len(b.Ranges))
 	froms := make([]int64, len(b.Ranges))
@@ -409,10 +460,15 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 		parts[i], froms[i], tos[i] = r.Partition, r.From, r.To
 	}
 	rows, err := tx.Query(ctx, `
-		UPDATE notifyd_offsets o SET next_offset = v.to_off, updated_at = now()
-		FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(p, from_off, to_off)
-		WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.from_off
-		RETURNING o.partition`, b.Group, b.Topic, parts, froms, tos)
+		WITH locked AS MATERIALIZED (
+			SELECT partition FROM notifyd_offsets
+			WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
+			ORDER BY partition FOR UPDATE
+		)
+		UPDATE notifyd_offsets o SET next_offset = v.to_off, updated_at = now(), writer_token = $6
+		FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(p, from_off, to_off), locked l
+		WHERE l.partition = v.p AND o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.from_off
+		RETURNING o.partition`, b.Group, b.Topic, parts, froms, tos, b.token)
 	if err != nil {
 		return fmt.Errorf("advance offsets: %w", err)
 	}
@@ -422,6 +478,20 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 	}
 	if len(moved) == len(parts) {
 		return nil
+	}
+	if len(moved) == 0 && b.last != nil {
+		// A transaction moves all its partitions or none: if every one is
+		// at To with our token, an earlier attempt committed.
+		var ours int
+		if err := tx.QueryRow(ctx, `
+			SELECT count(*) FROM notifyd_offsets o, unnest($3::int[], $4::bigint[]) AS v(p, to_off)
+			WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.to_off AND o.writer_token = $5`,
+			b.Group, b.Topic, parts, tos, b.token).Scan(&ours); err != nil {
+			return fmt.Errorf("advance offsets: %w", err)
+		}
+		if ours == len(parts) {
+			return errWritten
+		}
 	}
 	ok := make(map[int32]bool, len(moved))
 	for _, p := range moved {
@@ -434,43 +504,4 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 		}
 	}
 	return fe
-}
-
-// insertIsolating inserts rows behind a savepoint; when the database
-// rejects them for their data it splits them in halves and recurses. A
-// half whose sibling went in whole must hold the bad row, so it is split
-// without trying it (failing says so); a single row is always tried, for
-// its own error. k bad rows among n cost about k·log2(n/k) statements.
-func (s *Store) insertIsolating(ctx context.Context, tx pgx.Tx, rows []notification.Notification, base int, failing bool, res *Result) ([]Rejected, error) {
-	if !failing || len(rows) == 1 {
-		sp, err := tx.Begin(ctx)
-		if err != nil {
-			return nil, err
-		}
-		n, err := insertRows(ctx, sp, rows)
-		res.Statements++
-		if err == nil {
-			res.Inserted += int(n)
-			return nil, sp.Commit(ctx)
-		}
-		if rbErr := sp.Rollback(ctx); rbErr != nil {
-			return nil, rbErr
-		}
-		if !retry.IsDataError(err) {
-			return nil, err
-		}
-		if len(rows) == 1 {
-			return []Rejected{{Index: base, Err: err}}, nil
-		}
-	}
-	mid := len(rows) / 2
-	left, err := s.insertIsolating(ctx, tx, rows[:mid], base, false, res)
-	if err != nil {
-		return nil, err
-	}
-	right, err := s.insertIsolating(ctx, tx, rows[mid:], base+mid, len(left) == 0, res)
-	if err != nil {
-		return nil, err
-	}
-	return append(left, right...), nil
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pgtest"
 )
 
@@ -33,14 +34,13 @@ func BenchmarkStoreWrite(b *testing.B) {
 			}
 			rows := testRows(n)
 			from, seq := NoOffset, uint64(0)
-			reject := func(context.Context, []Rejected) error { return fmt.Errorf("unexpected reject") }
 			for b.Loop() {
 				for i := range rows {
 					seq++
 					binary.BigEndian.PutUint64(rows[i].ID[8:], seq) // a new id each time
 				}
 				to := max(from, 0) + int64(n)
-				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows}, reject)
+				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
 				if err != nil || res.Inserted != n {
 					b.Fatalf("write: %+v, %v", res, err)
 				}
@@ -94,7 +94,6 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 		b.Run(fmt.Sprintf("rows=%d", n), func(b *testing.B) {
 			rows := testRows(n)
 			var probe time.Duration
-			reject := func(context.Context, []Rejected) error { return fmt.Errorf("unexpected reject") }
 			for b.Loop() {
 				for i := range rows {
 					rows[i].ID = uuid.New()
@@ -107,7 +106,7 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 				}
 				probe += time.Since(start)
 				to := max(from, 0) + int64(n)
-				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows}, reject)
+				res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
 				if err != nil || res.Inserted != n {
 					b.Fatalf("write: %+v, %v", res, err)
 				}
@@ -117,4 +116,47 @@ func BenchmarkStoreWriteHistory(b *testing.B) {
 			b.ReportMetric((float64(b.Elapsed().Microseconds())/1000-float64(probe.Microseconds())/1000)/float64(b.N), "write-ms/tx")
 		})
 	}
+}
+
+// BenchmarkAllRefused measures a write whose every row the database
+// refuses: each row isolated and recorded as a dead letter. It reports
+// rows per second.
+func BenchmarkAllRefused(b *testing.B) {
+	url := pgtest.Schema(b)
+	st, err := Open(context.Background(), Config{URL: url})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	ctx := context.Background()
+	if _, err := st.Migrate(ctx); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Pool().Exec(ctx, "ALTER TABLE notifications ADD CONSTRAINT no_bad CHECK (title <> 'BAD')"); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := st.Claim(ctx, "bench", "t", []int32{0}); err != nil {
+		b.Fatal(err)
+	}
+	const n = 2500
+	from := NoOffset
+	rows := 0
+	for b.Loop() {
+		batch := make([]notification.Notification, n)
+		for i := range batch {
+			batch[i] = notification.Notification{ID: uuid.New(), UserID: uuid.New(), EventType: "e", Title: "BAD", Body: "b",
+				CreatedAt: time.Now()}
+		}
+		to := max(from, 0) + n
+		res, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", DLQTopic: "d", Ranges: []Range{{0, from, to}}, Rows: batch,
+			Refused: func(i int, err error) DeadLetter {
+				return DeadLetter{Topic: "t", Offset: int64(i), Class: "store", Reason: err.Error(), Value: []byte("v")}
+			}})
+		if err != nil || res.Rejected != n {
+			b.Fatalf("write: %+v, %v", res, err)
+		}
+		from = to
+		rows += n
+	}
+	b.ReportMetric(float64(rows)/b.Elapsed().Seconds(), "rows/s")
 }

@@ -66,12 +66,14 @@ func testRows(n int) []notification.Notification {
 	return rows
 }
 
-// noReject fails the test if the store rejects any row.
-func noReject(t *testing.T) func(context.Context, []Rejected) error {
-	return func(_ context.Context, rej []Rejected) error {
-		t.Errorf("reject called with %d rows, want none: first %v", len(rej), rej[0].Err)
-		return errors.New("unexpected reject")
+// deadLetterCount counts the recorded dead letters.
+func deadLetterCount(t *testing.T, st *Store) int {
+	t.Helper()
+	var n int
+	if err := st.Pool().QueryRow(context.Background(), "SELECT count(*) FROM notifyd_dead_letters").Scan(&n); err != nil {
+		t.Fatal(err)
 	}
+	return n
 }
 
 // claim claims partitions and fails the test on error.
@@ -265,7 +267,7 @@ func TestClaimCreatesNoOffsetRowsAndReturnsStoredPositions(t *testing.T) {
 
 	_, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
 		Ranges: []Range{{Partition: 0, From: NoOffset, To: 10}, {Partition: 2, From: NoOffset, To: 7}},
-		Rows:   testRows(3)}, noReject(t))
+		Rows:   testRows(3)})
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
@@ -312,7 +314,7 @@ func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
 	}
 	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
 		Ranges: []Range{{Partition: 0, From: NoOffset, To: 5}, {Partition: 1, From: NoOffset, To: 2}},
-		Rows:   rows}, noReject(t))
+		Rows:   rows})
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
@@ -363,7 +365,7 @@ func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
 
 	// A second batch continues from the stored positions.
 	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: 5, To: 9}}, Rows: testRows(4)}, noReject(t))
+		Ranges: []Range{{Partition: 0, From: 5, To: 9}}, Rows: testRows(4)})
 	if err != nil {
 		t.Fatalf("second write: %v", err)
 	}
@@ -400,7 +402,7 @@ func TestWriteWithStaleFromIsFencedAndWritesNothing(t *testing.T) {
 	first := testRows(3)
 	if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
 		Ranges: []Range{{Partition: 0, From: NoOffset, To: 10}, {Partition: 1, From: NoOffset, To: 10}, {Partition: 2, From: NoOffset, To: 10}},
-		Rows:   first}, noReject(t)); err != nil {
+		Rows:   first}); err != nil {
 		t.Fatalf("first write: %v", err)
 	}
 	before := offsets(t, st)
@@ -419,9 +421,8 @@ func TestWriteWithStaleFromIsFencedAndWritesNothing(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			rows := testRows(5)
-			rejected := false
-			res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: tt.ranges, Rows: rows},
-				func(context.Context, []Rejected) error { rejected = true; return nil })
+			res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, Ranges: tt.ranges, Rows: rows,
+				Dead: []DeadLetter{{Topic: testTopic, Partition: tt.ranges[0].Partition, Offset: 15, Class: "decode", Reason: "r", Value: []byte("x")}}})
 			var fe *FencedError
 			if !errors.As(err, &fe) {
 				t.Fatalf("error: got %v (%T), want *FencedError", err, err)
@@ -430,8 +431,8 @@ func TestWriteWithStaleFromIsFencedAndWritesNothing(t *testing.T) {
 			if !slices.Equal(got, tt.want) {
 				t.Fatalf("fenced partitions: got %v, want %v", got, tt.want)
 			}
-			if rejected {
-				t.Fatalf("reject called: got true, want false")
+			if n := deadLetterCount(t, st); n != 0 {
+				t.Fatalf("dead letters after fenced write: got %d, want 0", n)
 			}
 			if res.Inserted != 0 {
 				t.Fatalf("inserted: got %d, want 0", res.Inserted)
@@ -451,7 +452,7 @@ func TestWriteSkipsAndCountsDuplicateIDs(t *testing.T) {
 	claim(t, st, 0)
 	stored := testRow(0)
 	if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: NoOffset, To: 1}}, Rows: []notification.Notification{stored}}, noReject(t)); err != nil {
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 1}}, Rows: []notification.Notification{stored}}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -463,7 +464,7 @@ func TestWriteSkipsAndCountsDuplicateIDs(t *testing.T) {
 	twiceCopy.Body = "the second copy inside one batch"
 	rows := []notification.Notification{fresh, again, twice, testRow(3), twiceCopy}
 	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: 1, To: 6}}, Rows: rows}, noReject(t))
+		Ranges: []Range{{Partition: 0, From: 1, To: 6}}, Rows: rows})
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
@@ -494,7 +495,7 @@ func TestWriteSkipsAndCountsDuplicateIDs(t *testing.T) {
 
 	// A batch of nothing but duplicates still advances the position.
 	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: 6, To: 8}}, Rows: []notification.Notification{stored, fresh}}, noReject(t))
+		Ranges: []Range{{Partition: 0, From: 6, To: 8}}, Rows: []notification.Notification{stored, fresh}})
 	if err != nil {
 		t.Fatalf("write of duplicates: %v", err)
 	}
@@ -535,20 +536,31 @@ func TestWriteIsolatesRowsTheDatabaseRejects(t *testing.T) {
 	slices.Sort(bad)
 
 	var got []Rejected
-	calls := 0
 	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: NoOffset, To: 600}, {Partition: 1, From: NoOffset, To: 400}}, Rows: rows},
-		func(_ context.Context, rej []Rejected) error {
-			calls++
-			got = append(got, rej...)
-			return nil
-		})
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 600}, {Partition: 1, From: NoOffset, To: 400}}, Rows: rows,
+		DLQTopic: testTopic + ".dlq",
+		Refused: func(i int, err error) DeadLetter {
+			got = append(got, Rejected{Index: i, Err: err})
+			return DeadLetter{Topic: testTopic, Offset: int64(i), Class: "store", Reason: err.Error(), Value: []byte(rows[i].Title)}
+		}})
 	if err != nil {
 		t.Fatalf("write: %v", err)
 	}
 	t.Logf("%d rows, %d rejected at %v: %d statements", n, k, bad, res.Statements)
-	if calls != 1 {
-		t.Fatalf("reject calls: got %d, want 1", calls)
+	var recorded []int
+	dl, err := st.Pool().Query(ctx, "SELECT source_offset FROM notifyd_dead_letters WHERE class = 'store' AND value = 'BAD' AND dlq_topic = $1 ORDER BY 1", testTopic+".dlq")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for dl.Next() {
+		var o int
+		if err := dl.Scan(&o); err != nil {
+			t.Fatal(err)
+		}
+		recorded = append(recorded, o)
+	}
+	if !slices.Equal(recorded, bad) {
+		t.Fatalf("dead letters recorded for offsets: got %v, want %v", recorded, bad)
 	}
 	var idx []int
 	for _, r := range got {
@@ -565,9 +577,9 @@ func TestWriteIsolatesRowsTheDatabaseRejects(t *testing.T) {
 	if res.Inserted != n-k || res.Rejected != k || res.Duplicates != 0 {
 		t.Fatalf("result: got %+v, want Inserted %d, Rejected %d, Duplicates 0", res, n-k, k)
 	}
-	// Bisection: about 2·k·log2(n/k)+1 statements, far below one per row.
-	if res.Statements > 60 {
-		t.Fatalf("statements: got %d, want at most 60", res.Statements)
+	// The COPY that failed, then one statement isolating every row.
+	if res.Statements != 2 {
+		t.Fatalf("statements: got %d, want 2", res.Statements)
 	}
 	ids := storedIDs(t, st)
 	if len(ids) != n-k {
@@ -581,26 +593,63 @@ func TestWriteIsolatesRowsTheDatabaseRejects(t *testing.T) {
 	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: 600, 1: 400})
 }
 
-func TestWriteFailsAndStoresNothingWhenRejectFails(t *testing.T) {
+func TestWriteRecordsDeadLettersUnchangedInTheSameTransaction(t *testing.T) {
 	t.Parallel()
 	st := migratedStore(t)
 	ctx := context.Background()
-	addBadTitleCheck(t, st)
 	claim(t, st, 0)
-	rows := testRows(50)
-	rows[17].Title = "BAD"
-
-	errDLQ := errors.New("dead-letter topic unavailable")
-	_, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: NoOffset, To: 50}}, Rows: rows},
-		func(context.Context, []Rejected) error { return errDLQ })
-	if !errors.Is(err, errDLQ) {
-		t.Fatalf("error: got %v, want one wrapping %v", err, errDLQ)
+	ts := time.Date(2026, 3, 4, 5, 6, 7, 8000, time.UTC)
+	letters := []DeadLetter{
+		{Topic: testTopic, Partition: 0, Offset: 0, Timestamp: ts, Class: "decode", Reason: "not JSON\x00 \xff",
+			Key: nil, Value: []byte{0, 0xff, '{'}, Headers: []Header{{Key: []byte{0xfe, 'k'}, Value: nil}, {Key: []byte("h"), Value: []byte{}}}},
+		{Topic: testTopic, Partition: 0, Offset: 1, Timestamp: ts, Class: "validate", Reason: "no user_id",
+			Key: []byte{}, Value: nil},
 	}
-	if n := countRows(t, st); n != 0 {
-		t.Fatalf("rows: got %d, want 0", n)
+	if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, DLQTopic: "d",
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 3}}, Rows: testRows(1), Dead: letters}); err != nil {
+		t.Fatalf("write: %v", err)
 	}
-	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: NoOffset})
+	rows, err := st.Pool().Query(ctx, `SELECT source_topic, source_partition, source_offset, source_timestamp, class, reason,
+		key, value, headers FROM notifyd_dead_letters WHERE consumer_group = $1 AND dlq_topic = 'd' ORDER BY source_offset`, testGroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []DeadLetter
+	for rows.Next() {
+		var l DeadLetter
+		var hs []byte
+		if err := rows.Scan(&l.Topic, &l.Partition, &l.Offset, &l.Timestamp, &l.Class, &l.Reason, &l.Key, &l.Value, &hs); err != nil {
+			t.Fatal(err)
+		}
+		if l.Headers, err = DecodeHeaders(hs); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, l)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(letters) {
+		t.Fatalf("dead letters: got %d, want %d", len(got), len(letters))
+	}
+	for i, want := range letters {
+		g := got[i]
+		if (g.Key == nil) != (want.Key == nil) || string(g.Key) != string(want.Key) ||
+			(g.Value == nil) != (want.Value == nil) || string(g.Value) != string(want.Value) {
+			t.Fatalf("letter %d key/value: got %q/%q (nil %v/%v), want %q/%q (nil %v/%v)", i,
+				g.Key, g.Value, g.Key == nil, g.Value == nil, want.Key, want.Value, want.Key == nil, want.Value == nil)
+		}
+		if fmt.Sprint(g.Headers) != fmt.Sprint(want.Headers) {
+			t.Fatalf("letter %d headers: got %v, want %v", i, g.Headers, want.Headers)
+		}
+		if g.Topic != want.Topic || g.Offset != want.Offset || !g.Timestamp.Equal(want.Timestamp) || g.Class != want.Class {
+			t.Fatalf("letter %d: got %+v, want %+v", i, g, want)
+		}
+	}
+	if want := "not JSON\uFFFD \uFFFD"; got[0].Reason != want {
+		t.Fatalf("reason made storable: got %q, want %q", got[0].Reason, want)
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: 3})
 }
 
 func TestWriteReusesPooledConnections(t *testing.T) {
@@ -618,7 +667,7 @@ func TestWriteReusesPooledConnections(t *testing.T) {
 		}
 		if _, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
 			Ranges: []Range{{Partition: 0, From: from, To: int64(i) + 1}},
-			Rows:   testRows(5)}, noReject(t)); err != nil {
+			Rows:   testRows(5)}); err != nil {
 			t.Fatalf("write %d: %v", i, err)
 		}
 		if s := st.Pool().Stat(); s.TotalConns() > s.MaxConns() {
@@ -638,4 +687,87 @@ func TestWriteReusesPooledConnections(t *testing.T) {
 		t.Fatalf("connections: got %d, want at most %d", s.TotalConns(), s.MaxConns())
 	}
 	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: writes})
+}
+
+// A write whose COMMIT went through but whose acknowledgement was lost is
+// tried again with the same batch: the store recognises its own token in
+// the offset rows and reports the first attempt's result, instead of a
+// fenced write. Another batch over the same ranges is fenced.
+func TestWriteRecognisesItsOwnCommittedAttempt(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0, 1)
+	rows := testRows(10)
+	b := &Batch{Group: testGroup, Topic: testTopic, DLQTopic: "d",
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 6}, {Partition: 1, From: NoOffset, To: 5}}, Rows: rows,
+		Dead: []DeadLetter{{Topic: testTopic, Partition: 1, Offset: 4, Class: "decode", Reason: "r", Value: []byte("x")}}}
+	first, err := st.Write(ctx, b)
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	again, err := st.Write(ctx, b)
+	if err != nil {
+		t.Fatalf("second attempt of the same batch: got %v, want nil", err)
+	}
+	if again != first {
+		t.Fatalf("second attempt's result: got %+v, want the first's %+v", again, first)
+	}
+	if n := countRows(t, st); n != len(rows) {
+		t.Fatalf("rows: got %d, want %d", n, len(rows))
+	}
+	if n := deadLetterCount(t, st); n != 1 {
+		t.Fatalf("dead letters: got %d, want 1", n)
+	}
+	sameOffsets(t, "offsets", offsets(t, st), map[int32]int64{0: 6, 1: 5})
+
+	other := *b
+	other.token, other.last = uuid.Nil, nil
+	var fe *FencedError
+	if _, err := st.Write(ctx, &other); !errors.As(err, &fe) {
+		t.Fatalf("another batch over the same ranges: got %v, want *FencedError", err)
+	}
+}
+
+// Behaviour 7: a batch whose every row the database refuses is isolated in
+// a number of round trips that does not grow with its rows, so that it fits
+// inside the default --write-timeout (5 s) over a network with 1 ms round
+// trips (the proxy adds the delay).
+func TestAllRefusedBatchIsolatedInConstantRoundTrips(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	st := openStore(t, url)
+	if _, err := st.Migrate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	addBadTitleCheck(t, st)
+	proxy, proxied := pgtest.Proxied(t, url)
+	slow := openStore(t, proxied)
+	proxy.SetDelay(time.Millisecond)
+	claim(t, slow, 0)
+	for _, n := range []int{10, 2500} {
+		rows := testRows(n)
+		for i := range rows {
+			rows[i].Title = "BAD"
+		}
+		from := claim(t, slow, 0)[0]
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		start := time.Now()
+		res, err := slow.Write(ctx, &Batch{Group: testGroup, Topic: testTopic, DLQTopic: "d",
+			Ranges: []Range{{Partition: 0, From: from, To: max(from, 0) + int64(n)}}, Rows: rows,
+			Refused: func(i int, err error) DeadLetter {
+				return DeadLetter{Topic: testTopic, Offset: int64(i), Class: "store", Reason: err.Error()}
+			}})
+		cancel()
+		if err != nil {
+			t.Fatalf("%d refused rows at 1 ms round trips: %v", n, err)
+		}
+		t.Logf("%d refused rows at 1 ms round trips: %s, %d statements", n, time.Since(start).Round(time.Millisecond), res.Statements)
+		if res.Rejected != n || res.Inserted != 0 || res.Statements != 2 {
+			t.Fatalf("%d refused rows: got %+v, want Rejected %d, Inserted 0, Statements 2 (whatever the rows)", n, res, n)
+		}
+	}
+	if got := deadLetterCount(t, st); got != 2510 {
+		t.Fatalf("dead letters: got %d, want 2510", got)
+	}
 }

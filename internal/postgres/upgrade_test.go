@@ -135,7 +135,7 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 	moved.CreatedAt, moved.CreatedAtMayDiffer = old.CreatedAt.Add(time.Hour), true
 	fresh := rowAt(day0.Add(time.Minute))
 	res, err := st.Write(ctx, &Batch{Group: "g", Topic: "notifications",
-		Ranges: []Range{{Partition: 0, From: 1000, To: 1003}}, Rows: []notification.Notification{old, moved, fresh}}, noReject(t))
+		Ranges: []Range{{Partition: 0, From: 1000, To: 1003}}, Rows: []notification.Notification{old, moved, fresh}})
 	if err != nil {
 		t.Fatal(err)
 	}

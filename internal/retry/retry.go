@@ -161,3 +161,17 @@ func (e *permanentError) Unwrap() error { return e.err }
 
 // Permanent marks err as not worth retrying.
 func Permanent(err error) error { return &permanentError{err} }
+
+// Budget is the longest Do may take when each attempt is bounded by
+// attempt: every try at its bound, and every wait at its longest (the cap,
+// jitter included).
+func (p Policy) Budget(attempt time.Duration) time.Duration {
+	pd := p.withDefaults()
+	total := time.Duration(pd.Retries+1) * attempt
+	wait := float64(pd.Initial)
+	for range pd.Retries {
+		total += min(time.Duration(wait*(1+pd.Jitter)), pd.Max)
+		wait *= pd.Multiplier
+	}
+	return total
+}

@@ -322,3 +322,23 @@ func TestPolicyValidate(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyBudget(t *testing.T) {
+	tests := []struct {
+		p       Policy
+		attempt time.Duration
+		want    time.Duration
+	}{
+		// 4 attempts of 5 s, waits of at most 120, 240 and 480 ms.
+		{Policy{}, 5 * time.Second, 20*time.Second + 840*time.Millisecond},
+		{Policy{Retries: -1}, time.Second, time.Second},
+		// Waits of 1.2 s, then capped at 2 s twice.
+		{Policy{Retries: 3, Initial: time.Second, Max: 2 * time.Second}, time.Second, 4*time.Second + 5200*time.Millisecond},
+		{Policy{Retries: 2, Jitter: -1}, 100 * time.Millisecond, 300*time.Millisecond + 300*time.Millisecond},
+	}
+	for _, tt := range tests {
+		if got := tt.p.Budget(tt.attempt); got != tt.want {
+			t.Errorf("%+v.Budget(%s): got %s, want %s", tt.p, tt.attempt, got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,60 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/notifyd/notifyd/internal/notification"
+)
+
+// insertEach inserts rows through notifyd_insert_each (migration 0004):
+// each row in a subtransaction of its own on the server, as insertSQL
+// would, so that the rows the database refuses are found in one round trip
+// whatever their number. It returns them, and adds what it inserted to res.
+func insertEach(ctx context.Context, tx pgx.Tx, rows []notification.Notification, res *Result) ([]Rejected, error) {
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	ids := make([][16]byte, len(rows))
+	users := make([][16]byte, len(rows))
+	types := make([]string, len(rows))
+	titles := make([]string, len(rows))
+	bodies := make([]string, len(rows))
+	data := make([][]byte, len(rows))
+	created := make([]pgtype.Timestamptz, len(rows))
+	for i := range rows {
+		r := &rows[i]
+		ids[i], users[i], types[i], titles[i], bodies[i], data[i] =
+			r.ID, r.UserID, r.EventType, r.Title, r.Body, r.Data
+		created[i] = pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}
+	}
+	out, err := tx.Query(ctx, `SELECT idx, inserted, state, message FROM notifyd_insert_each($1, $2, $3, $4, $5, $6, $7)`,
+		ids, users, types, titles, bodies, data, created)
+	if err != nil {
+		return nil, err
+	}
+	res.Statements++
+	var bad []Rejected
+	var idx *int32
+	var inserted *int64
+	var state, message *string
+	_, err = pgx.ForEachRow(out, []any{&idx, &inserted, &state, &message}, func() error {
+		switch {
+		case idx == nil && inserted != nil:
+			res.Inserted += int(*inserted)
+		case idx != nil && state != nil && message != nil && int(*idx) < len(rows):
+			bad = append(bad, Rejected{Index: int(*idx), Err: &pgconn.PgError{Severity: "ERROR", Code: *state, Message: *message}})
+		default:
+			return fmt.Errorf("notifyd_insert_each: unexpected row (%v, %v, %v)", idx, inserted, state)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return bad, nil
+}

@@ -32,6 +32,7 @@ run: postgres
 # detector; then the decoder's reference check against JSON v2, which needs
 # GOEXPERIMENT=jsonv2.
 test: postgres
+	@scripts/ensure-tools test
 	$(GO) test -race -count=1 -timeout 15m ./...
 	GOEXPERIMENT=jsonv2 $(GO) test -count=1 -run 'Reference|JSONText' $(FUZZPKG)
 
@@ -50,6 +51,7 @@ $(BIN)/benchstat:
 # Go vet, staticcheck and gofmt; then the alert rules (promtool test rules),
 # the dashboard's queries, and the compose file where docker compose exists.
 lint: $(BIN)/staticcheck
+	@scripts/ensure-tools lint
 	$(GO) vet ./...
 	GOEXPERIMENT=jsonv2 $(GO) vet $(FUZZPKG)
 	$(BIN)/staticcheck ./...

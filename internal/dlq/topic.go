@@ -28,9 +28,10 @@ func EnsureTopic(ctx context.Context, adm *kadm.Client, log *slog.Logger, dlqTop
 		return fmt.Errorf("read max.message.bytes of %s: %w", inputTopic, err)
 	}
 	var configs map[string]*string
+	limit := "the broker's default"
 	if input > 0 {
-		v := strconv.FormatInt(input+HeaderRoom, 10)
-		configs = map[string]*string{"max.message.bytes": &v}
+		limit = strconv.FormatInt(input+HeaderRoom, 10)
+		configs = map[string]*string{"max.message.bytes": &limit}
 	}
 	resp, err := adm.CreateTopic(ctx, partitions, -1, configs, dlqTopic)
 	if err == nil {
@@ -38,7 +39,7 @@ func EnsureTopic(ctx context.Context, adm *kadm.Client, log *slog.Logger, dlqTop
 	}
 	switch {
 	case err == nil:
-		log.Info("dead-letter topic created", "topic", dlqTopic, "partitions", partitions, "max_message_bytes", configs["max.message.bytes"])
+		log.Info("dead-letter topic created", "topic", dlqTopic, "partitions", partitions, "max_message_bytes", limit)
 		return nil
 	case !errors.Is(err, kerr.TopicAlreadyExists):
 		return fmt.Errorf("create topic %s: %w", dlqTopic, err)

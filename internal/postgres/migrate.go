@@ -79,11 +79,22 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	if !exists {
 		return 0, nil
 	}
-	var v int
-	if err := s.pool.QueryRow(ctx, "SELECT coalesce(max(version), 0) FROM notifyd_schema_version").Scan(&v); err != nil {
+	var applied []int32
+	if err := s.pool.QueryRow(ctx, "SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM notifyd_schema_version").Scan(&applied); err != nil {
 		return 0, fmt.Errorf("read schema version: %w", err)
 	}
-	return v, nil
+	if len(applied) == 0 {
+		return 0, nil
+	}
+	// Versions are applied in order, so the applied ones are 1..v. A gap
+	// means a build that lacked a migration went past it; the versions
+	// above the gap assumed a schema this database does not have.
+	for i, v := range applied {
+		if int(v) != i+1 {
+			return 0, fmt.Errorf("read schema version: versions %v are applied but not %d: this database was migrated by a notifyd built without migration %d, and its schema cannot be trusted; recreate it, or restore it from before that run", applied, i+1, i+1)
+		}
+	}
+	return int(applied[len(applied)-1]), nil
 }
 
 // Migrate brings the schema to the latest version, each migration in its own

@@ -317,3 +317,18 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("metric %s: no such series", name)
 	return 0
 }
+
+// TestMigrateRefusesAGapInTheAppliedVersions checks that a database whose
+// recorded versions skip one (a build without that migration went past it)
+// is refused, naming the missing version, instead of being taken as current.
+func TestMigrateRefusesAGapInTheAppliedVersions(t *testing.T) {
+	st := migratedStore(t)
+	ctx := context.Background()
+	if _, err := st.Pool().Exec(ctx, "DELETE FROM notifyd_schema_version WHERE version = 2"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := st.Migrate(ctx)
+	if err == nil || !strings.Contains(err.Error(), "not 2") {
+		t.Fatalf("Migrate with version 2 missing: got %v, want an error naming version 2", err)
+	}
+}

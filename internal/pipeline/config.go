@@ -45,9 +45,8 @@ type Config struct {
 	// up with every partition it holds: nothing more is coming to fill it.
 	FlushInterval time.Duration
 	// MaxBufferedRows and MaxBufferedBytes bound what is read but not yet
-	// taken by a write; at the bound, fetching stops until the writer takes
-	// the buffer. One batch of at most the same size may be in flight
-	// besides. 0 means 2,500 messages and 4 MiB of keys and values: with
+	// taken by a write; at the bound, fetching stops until a writer takes
+	// from the buffer. Each writer holds at most one batch besides. 0 means 2,500 messages and 4 MiB of keys and values: with
 	// COPY a write of 2,500 rows costs little more per row than one of
 	// 10,000 (BenchmarkWritePath), and memory stays under 50 MB.
 	MaxBufferedRows  int

@@ -60,7 +60,7 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 			Name: "notifyd_dead_letters_kept_total", Help: "Dead letters the dead-letter topic refused for good (too large, not authorised, invalid topic, policy); kept in notifyd_dead_letters.",
 		}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "notifyd_retries_total", Help: "Retried operations after a transient failure, by target (database, dlq, offsets).",
+			Name: "notifyd_retries_total", Help: "Retried operations after a transient failure, by target (database, dlq, kafka: the check of stored positions against the log).",
 		}, []string{"target"}),
 		writes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "notifyd_batch_writes_total", Help: "Batch writes started, by what triggered them (size, age, idle, shutdown).",
@@ -113,7 +113,7 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 	for _, class := range []string{"decode", "validate", "store"} {
 		m.deadLetters.WithLabelValues(class)
 	}
-	for _, t := range []string{"database", "dlq"} {
+	for _, t := range []string{"database", "dlq", "kafka"} {
 		m.retries.WithLabelValues(t)
 	}
 	// Every trigger's series exists from the start, so that a trigger that

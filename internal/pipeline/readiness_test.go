@@ -144,3 +144,43 @@ func TestAddedPartitionsAreConsumedWithoutRestart(t *testing.T) {
 	e.checkTable(append(first, msgs...))
 	stillRunning(t, r)
 }
+
+// Behaviour 8: a revocation waits for the write in flight of its
+// partitions, as long as a write may legally take (write timeout ×
+// attempts plus backoff), so that the next owner loads the position that
+// write stored and is not fenced by it.
+func TestRevocationWaitsForTheWriteInFlight(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.cfg.WriteTimeout = 3 * time.Second // budget: 4 × 3 s plus backoff, well past the lock below
+	a := e.start()
+	waitAssigned(t, 10*time.Second, []int{3}, a)
+	release := e.lockTable()
+	msgs := makeMsgs(0, 30)
+	e.produceMsgs(msgs)
+	pollUntil(t, 10*time.Second, "a write in flight", func() bool {
+		for _, w := range a.p.writers {
+			if w.attempt.Load() != 0 {
+				return true
+			}
+		}
+		return false
+	})
+	b := e.startWith(e.cfg, e.openStore())
+	// The rebalance waits on a's revocation, which waits on its write.
+	time.Sleep(time.Second)
+	release()
+	waitSplit(t, 30*time.Second, a, b)
+	more := makeMsgs(100, 30)
+	e.produceMsgs(more)
+	e.waitStoredOffsets(map[int32]int64{0: 20, 1: 20, 2: 20}, 30*time.Second)
+	e.checkTable(append(msgs, more...))
+	for name, r := range map[string]*running{"a": a, "b": b} {
+		if got := r.metric("notifyd_fenced_partitions_total"); got != 0 {
+			t.Errorf("fenced partitions of %s: got %v, want 0 (the revocation waited for the write)", name, got)
+		}
+	}
+	if got := a.metric("notifyd_duplicates_skipped_total") + b.metric("notifyd_duplicates_skipped_total"); got != 0 {
+		t.Errorf("duplicates skipped: got %v, want 0", got)
+	}
+}

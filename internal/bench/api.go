@@ -380,6 +380,7 @@ func rssKB(pid int) (float64, error) {
 
 func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *serveProc, store *postgres.Store, users []uuid.UUID) error {
 	n := min(cfg.Streams, len(users))
+	time.Sleep(3 * time.Second) // settle after the feed load, as after opening the streams
 	before, err := rssKB(srv.cmd.Process.Pid)
 	if err != nil {
 		return err

@@ -35,6 +35,7 @@ type migration struct {
 // a transaction. Each must be idempotent: a run killed halfway is run again.
 var preSteps = map[int]func(s *Store, ctx context.Context, conn *pgxpool.Conn) error{
 	2: (*Store).preparePartitioning,
+	3: (*Store).prepareInboxIndexes,
 }
 
 func migrations() ([]migration, error) {
@@ -278,6 +279,82 @@ func (s *Store) preparePartitioning(ctx context.Context, conn *pgxpool.Conn) err
 		}
 		if _, err := conn.Exec(ctx, "CREATE "+fmt.Sprintf(ix.def, how)); err != nil {
 			return fmt.Errorf("build index %s: %w", ix.name, err)
+		}
+	}
+	return nil
+}
+
+// inboxIndexes are the partial indexes migration 0003 declares on
+// notifications, as suffix of each partition's index name and definition.
+// They must stay identical to the migration's, so that its CREATE INDEX on
+// the parent attaches the ones built here instead of building its own.
+var inboxIndexes = []struct{ suffix, def string }{
+	{"commit_xid", "(commit_xid) WHERE commit_xid IS NOT NULL"},
+	{"user_commit_xid", "(user_id, commit_xid) INCLUDE (id) WHERE commit_xid IS NOT NULL"},
+	{"user_before_commit_xid", "(user_id) INCLUDE (id) WHERE commit_xid IS NULL"},
+}
+
+// prepareInboxIndexes builds, without blocking writers, migration 0003's
+// indexes on every partition of notifications too large to index in a
+// moment (after an upgrade from schema 1, notifications_past holds every old
+// row). It first adds the column they index, a catalog change taken with a
+// bounded lock wait. The migration's CREATE INDEX on the parent then finds
+// them and attaches them; only the small partitions are indexed under its
+// lock.
+func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) error {
+	var kind string
+	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
+	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
+		return nil // no table yet, or not partitioned: 0003 knows what to do
+	}
+	if err != nil {
+		return err
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'notifications'::regclass AND pg_total_relation_size(c.oid) >= $1
+		ORDER BY c.relname`, s.smallTable)
+	if err != nil {
+		return err
+	}
+	large, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil || len(large) == 0 {
+		return err
+	}
+	err = retryLockTimeout(ctx, migrationLockTimeout, func() error {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, `SELECT set_config('lock_timeout', $1, true)`, strconv.FormatInt(migrationLockTimeout.Milliseconds(), 10))
+			if err == nil {
+				_, err = tx.Exec(ctx, `ALTER TABLE notifications ADD COLUMN IF NOT EXISTS commit_xid xid8`)
+			}
+			if err == nil {
+				_, err = tx.Exec(ctx, `ALTER TABLE notifications ALTER COLUMN commit_xid SET DEFAULT pg_current_xact_id()`)
+			}
+			return err
+		})
+	})
+	if err != nil {
+		return fmt.Errorf("add column commit_xid: %w", err)
+	}
+	for _, part := range large {
+		for _, ix := range inboxIndexes {
+			name := pgx.Identifier{part + "_" + ix.suffix}.Sanitize()
+			var valid *bool
+			err := conn.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name).Scan(&valid)
+			switch {
+			case errors.Is(err, pgx.ErrNoRows):
+			case err != nil:
+				return err
+			case *valid:
+				continue
+			default:
+				if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY "+name); err != nil {
+					return fmt.Errorf("drop invalid index %s: %w", name, err)
+				}
+			}
+			if _, err := conn.Exec(ctx, "CREATE INDEX CONCURRENTLY "+name+" ON "+pgx.Identifier{part}.Sanitize()+" "+ix.def); err != nil {
+				return fmt.Errorf("build index %s: %w", name, err)
+			}
 		}
 	}
 	return nil

@@ -123,6 +123,19 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 		}
 	}
 
+	// Migration 0003's indexes on the old rows were built concurrently
+	// before it (prepareInboxIndexes) and attached by it, not rebuilt.
+	for _, ix := range inboxIndexes {
+		name := "notifications_past_" + ix.suffix
+		var valid, attached bool
+		err := st.Pool().QueryRow(ctx, `
+			SELECT x.indisvalid, EXISTS (SELECT FROM pg_inherits WHERE inhrelid = x.indexrelid)
+			FROM pg_index x WHERE x.indexrelid = to_regclass($1)`, name).Scan(&valid, &attached)
+		if err != nil || !valid || !attached {
+			t.Fatalf("index %s after the upgrade: got valid %v, attached %v (err %v), want both", name, valid, attached, err)
+		}
+	}
+
 	// Writing goes on from the stored offsets, and a row of schema 1
 	// arriving again is a duplicate, with or without the same created_at.
 	var old notification.Notification

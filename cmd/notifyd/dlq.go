@@ -45,6 +45,9 @@ type dlqFlags struct {
 	Until       time.Time `name:"until" format:"2006-01-02T15:04:05Z07:00" help:"Only dead letters written before this time (RFC 3339)."`
 	SourceRange string    `name:"source-offsets" help:"Only dead letters of messages read from these offsets of the input topic, as dlq show names them: PARTITION:FROM-TO (inclusive) or PARTITION:OFFSET."`
 	kafkaAuthFlags
+	// The database keeps the dead letters the topic refused (table
+	// notifyd_dead_letters); the commands read it beside the topic.
+	dbFlags
 
 	// out receives the command's report; nil means standard output. Tests
 	// set it to read what an operator would see.
@@ -69,6 +72,9 @@ func (f *dlqFlags) dlqTopic() string {
 // validate checks the settings every dlq command shares.
 func (f *dlqFlags) validate() error {
 	errs := append(checkBrokers(f.Brokers), f.kafkaAuthFlags.validate()...)
+	if err := f.dbFlags.validate(); err != nil {
+		errs = append(errs, fmt.Errorf("--database-url: %w", err))
+	}
 	if _, err := f.filter(); err != nil {
 		errs = append(errs, err)
 	}
@@ -133,6 +139,11 @@ func (f *dlqFlags) read(ctx context.Context) ([]dlq.Entry, error) {
 	if err != nil {
 		return nil, err
 	}
+	kept, err := f.tableLetters(ctx, cl)
+	if err != nil {
+		return nil, err
+	}
+	all = append(all, kept...)
 	var out []dlq.Entry
 	for _, e := range all {
 		if flt.Match(e.Record) {

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"slices"
 	"strconv"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
 
+	"github.com/notifyd/notifyd/internal/notification"
 	"github.com/notifyd/notifyd/internal/pgtest"
 )
 
@@ -18,6 +21,10 @@ import (
 // until stop closes, and records when each write started and how long it
 // took.
 type writeLoop struct {
+	// schema1 writes as the notifyd of schema 1 did (rows and the offset
+	// move, no writer token): the writers that run while an upgrade does.
+	schema1 bool
+
 	mu     sync.Mutex
 	starts []time.Time
 	took   []time.Duration
@@ -43,7 +50,12 @@ func (w *writeLoop) run(ctx context.Context, st *Store, n int, stop <-chan struc
 		}
 		to := max(from, 0) + int64(n)
 		t := time.Now()
-		_, err := st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
+		var err error
+		if w.schema1 {
+			err = writeAsSchema1(ctx, st, from, to, rows)
+		} else {
+			_, err = st.Write(ctx, &Batch{Group: "bench", Topic: "t", Ranges: []Range{{0, from, to}}, Rows: rows})
+		}
 		d := time.Since(t)
 		w.mu.Lock()
 		w.starts, w.took = append(w.starts, t), append(w.took, d)
@@ -56,6 +68,29 @@ func (w *writeLoop) run(ctx context.Context, st *Store, n int, stop <-chan struc
 		}
 		from = to
 	}
+}
+
+// writeAsSchema1 is one write of the notifyd of schema 1: the offset moved
+// from its expected value and the rows inserted, in one transaction.
+func writeAsSchema1(ctx context.Context, st *Store, from, to int64, rows []notification.Notification) error {
+	ids, users, types, titles, bodies, data, created := make([][16]byte, len(rows)), make([][16]byte, len(rows)),
+		make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([][]byte, len(rows)), make([]time.Time, len(rows))
+	for i, r := range rows {
+		ids[i], users[i], types[i], titles[i], bodies[i], data[i], created[i] = r.ID, r.UserID, r.EventType, r.Title, r.Body, r.Data, r.CreatedAt
+	}
+	return pgx.BeginFunc(ctx, st.Pool(), func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE notifyd_offsets SET next_offset = $2 WHERE consumer_group = 'bench' AND topic = 't' AND partition = 0 AND next_offset = $1`, from, to)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("offset of bench/t/0 is not %d", from)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO notifications (id, user_id, event_type, title, body, data, created_at)
+			SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]), unnest($5::text[]), unnest($6::jsonb[]), unnest($7::timestamptz[])
+			ON CONFLICT DO NOTHING`, ids, users, types, titles, bodies, data, created)
+		return err
+	})
 }
 
 // stats are the max and p99 of the writes that overlapped [from, to).
@@ -187,7 +222,7 @@ func BenchmarkUpgradeFromSchema1(b *testing.B) {
 		}
 		b.Logf("schema 1 with %d rows made in %v", n, time.Since(t0).Round(time.Second))
 
-		var w writeLoop
+		w := writeLoop{schema1: true}
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		wg.Go(func() { w.run(ctx, st, 100, stop) })

@@ -126,30 +126,43 @@ func ReadTopic(ctx context.Context, cl *kgo.Client, topic string) ([]Entry, erro
 	var letters []Entry
 	replays := map[string][]Replay{}
 	err := ReadAll(ctx, cl, topic, func(r *kgo.Record) error {
-		if !IsReplayMarker(r) {
+		if !addReplay(replays, r) {
 			letters = append(letters, Entry{Record: r})
-			return nil
 		}
-		of, _ := Header(r, HeaderReplayedLetter)
-		rp := Replay{At: r.Timestamp}
-		if v, ok := Header(r, HeaderReplayedAt); ok {
-			if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-				rp.At = t
-			}
-		}
-		rp.As, _ = Header(r, HeaderReplayedAs)
-		replays[of] = append(replays[of], rp)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	for i := range letters {
-		rs := replays[letters[i].Place()]
-		slices.SortStableFunc(rs, func(a, b Replay) int { return a.At.Compare(b.At) })
-		letters[i].Replays = rs
-	}
+	attachReplays(letters, replays)
 	return letters, nil
+}
+
+// addReplay records r in replays, by the place of the letter it replayed,
+// if it is a replay marker, and says whether it was.
+func addReplay(replays map[string][]Replay, r *kgo.Record) bool {
+	if !IsReplayMarker(r) {
+		return false
+	}
+	of, _ := Header(r, HeaderReplayedLetter)
+	rp := Replay{At: r.Timestamp}
+	if v, ok := Header(r, HeaderReplayedAt); ok {
+		if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+			rp.At = t
+		}
+	}
+	rp.As, _ = Header(r, HeaderReplayedAs)
+	replays[of] = append(replays[of], rp)
+	return true
+}
+
+// attachReplays gives each entry its replays, oldest first.
+func attachReplays(entries []Entry, replays map[string][]Replay) {
+	for i := range entries {
+		rs := replays[entries[i].Place()]
+		slices.SortStableFunc(rs, func(a, b Replay) int { return a.At.Compare(b.At) })
+		entries[i].Replays = rs
+	}
 }
 
 // Filter selects dead letters. Zero fields select everything.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -65,27 +64,12 @@ func ReadTable(ctx context.Context, pool *pgxpool.Pool, cl *kgo.Client, dlqTopic
 	// Replays of these letters are recorded by markers in the topic.
 	replays := map[string][]Replay{}
 	err = ReadAll(ctx, cl, dlqTopic, func(r *kgo.Record) error {
-		if !IsReplayMarker(r) {
-			return nil
-		}
-		of, _ := Header(r, HeaderReplayedLetter)
-		rp := Replay{At: r.Timestamp}
-		if v, ok := Header(r, HeaderReplayedAt); ok {
-			if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
-				rp.At = t
-			}
-		}
-		rp.As, _ = Header(r, HeaderReplayedAs)
-		replays[of] = append(replays[of], rp)
+		addReplay(replays, r)
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	for i := range out {
-		rs := replays[out[i].Place()]
-		slices.SortStableFunc(rs, func(a, b Replay) int { return a.At.Compare(b.At) })
-		out[i].Replays = rs
-	}
+	attachReplays(out, replays)
 	return out, nil
 }

@@ -6,7 +6,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/notifyd/notifyd/internal/notification"
 )
@@ -19,21 +18,8 @@ func insertEach(ctx context.Context, tx pgx.Tx, rows []notification.Notification
 	if len(rows) == 0 {
 		return nil, nil
 	}
-	ids := make([][16]byte, len(rows))
-	users := make([][16]byte, len(rows))
-	types := make([]string, len(rows))
-	titles := make([]string, len(rows))
-	bodies := make([]string, len(rows))
-	data := make([][]byte, len(rows))
-	created := make([]pgtype.Timestamptz, len(rows))
-	for i := range rows {
-		r := &rows[i]
-		ids[i], users[i], types[i], titles[i], bodies[i], data[i] =
-			r.ID, r.UserID, r.EventType, r.Title, r.Body, r.Data
-		created[i] = pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}
-	}
 	out, err := tx.Query(ctx, `SELECT idx, inserted, state, message FROM notifyd_insert_each($1, $2, $3, $4, $5, $6, $7)`,
-		ids, users, types, titles, bodies, data, created)
+		columnArrays(rows)...)
 	if err != nil {
 		return nil, err
 	}

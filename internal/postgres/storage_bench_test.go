@@ -73,11 +73,6 @@ func (w *writeLoop) run(ctx context.Context, st *Store, n int, stop <-chan struc
 // writeAsSchema1 is one write of the notifyd of schema 1: the offset moved
 // from its expected value and the rows inserted, in one transaction.
 func writeAsSchema1(ctx context.Context, st *Store, from, to int64, rows []notification.Notification) error {
-	ids, users, types, titles, bodies, data, created := make([][16]byte, len(rows)), make([][16]byte, len(rows)),
-		make([]string, len(rows)), make([]string, len(rows)), make([]string, len(rows)), make([][]byte, len(rows)), make([]time.Time, len(rows))
-	for i, r := range rows {
-		ids[i], users[i], types[i], titles[i], bodies[i], data[i], created[i] = r.ID, r.UserID, r.EventType, r.Title, r.Body, r.Data, r.CreatedAt
-	}
 	return pgx.BeginFunc(ctx, st.Pool(), func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `UPDATE notifyd_offsets SET next_offset = $2 WHERE consumer_group = 'bench' AND topic = 't' AND partition = 0 AND next_offset = $1`, from, to)
 		if err != nil {
@@ -88,7 +83,7 @@ func writeAsSchema1(ctx context.Context, st *Store, from, to int64, rows []notif
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO notifications (id, user_id, event_type, title, body, data, created_at)
 			SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]), unnest($5::text[]), unnest($6::jsonb[]), unnest($7::timestamptz[])
-			ON CONFLICT DO NOTHING`, ids, users, types, titles, bodies, data, created)
+			ON CONFLICT DO NOTHING`, columnArrays(rows)...)
 		return err
 	})
 }

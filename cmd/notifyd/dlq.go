@@ -315,6 +315,9 @@ func printLetter(w io.Writer, e dlq.Entry, full bool) {
 	o, _ := dlq.Header(r, dlq.HeaderSourceOffset)
 	fmt.Fprintf(w, "dead letter from %s (--source-offsets %s:%s)\n", e.Source(), p, o)
 	fmt.Fprintf(w, "  kept at %s, written %s\n", e.Place(), r.Timestamp.UTC().Format(time.RFC3339Nano))
+	if e.Kept != "" {
+		fmt.Fprintf(w, "  kept there because %s\n", render([]byte(e.Kept), full))
+	}
 	for _, rp := range e.Replays {
 		fmt.Fprintf(w, "  replayed %s as %s\n", rp.At.UTC().Format(time.RFC3339Nano), rp.As)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/internal/dlq"
@@ -510,5 +511,94 @@ func TestDLQShowCutsLongFieldsUnlessFull(t *testing.T) {
 	full := e.dlqCommand("show", "--full")
 	if !strings.Contains(full, title+`","body":"\u0000"}`+"\n") {
 		t.Errorf("show --full: got %d bytes, want the whole value", len(full))
+	}
+}
+
+// A dead letter the dead-letter topic refuses for good is kept in the
+// table; dlq list, show and replay read it there as they read the topic,
+// and a replay after the fix stores the message once.
+func TestDLQReplayOfALetterKeptInTheTableStoresItOnceAfterTheFix(t *testing.T) {
+	t.Parallel()
+	e := newOpsEnv(t)
+	ctx := context.Background()
+	// The topic takes the replay markers (small), not the letter (4 KB).
+	const dlqLimit = "1024"
+	adm := kadm.NewClient(e.prod)
+	resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Name: "max.message.bytes", Value: kadm.StringPtr(dlqLimit)}}, "notifications.dlq")
+	if err == nil {
+		var r kadm.AlterConfigsResponse
+		r, err = resp.On("notifications.dlq", nil)
+		if err == nil {
+			err = r.Err
+		}
+	}
+	if err != nil {
+		t.Fatalf("set max.message.bytes of notifications.dlq: %v", err)
+	}
+	if err := runCommand(ctx, nil, "migrate", "--database-url", e.url); err != nil {
+		t.Fatalf("migrate: %v", err)
+	}
+	if _, err := e.pool.Exec(ctx, "ALTER TABLE notifications ADD CONSTRAINT no_bad CHECK (title <> 'BAD')"); err != nil {
+		t.Fatal(err)
+	}
+	e.startRun("--group", "kept", "--metrics-addr", "")
+
+	id := uuid.NewString()
+	body := strings.Repeat("b", 4096)
+	big := fmt.Appendf(nil, `{"id":%q,"user_id":%q,"event_type":"demo","title":"BAD","body":%q}`, id, uuid.NewString(), body)
+	sent := e.send(
+		&kgo.Record{Partition: 0, Key: []byte("big"), Value: big},
+		&kgo.Record{Partition: 1, Value: validMessage(uuid.NewString(), "fine")},
+	)
+	e.waitDrained("kept")
+	if got := e.countRows(""); got != 1 {
+		t.Fatalf("rows before the fix: got %d, want 1", got)
+	}
+	if got := len(e.deadLetters()); got != 0 {
+		t.Fatalf("dead letters in the topic: got %d, want 0 (the topic refuses them)", got)
+	}
+	var value []byte
+	var offset int64
+	var why string
+	if err := e.pool.QueryRow(ctx, "SELECT value, source_offset, kept_reason FROM notifyd_dead_letters").Scan(&value, &offset, &why); err != nil {
+		t.Fatalf("the kept dead letter: %v", err)
+	}
+	if !bytes.Equal(value, big) || offset != sent[0].Offset || !strings.Contains(why, "MESSAGE_TOO_LARGE") {
+		t.Fatalf("kept dead letter: got %d bytes of offset %d, reason %q; want the %d bytes of offset %d, kept for MESSAGE_TOO_LARGE",
+			len(value), offset, why, len(big), sent[0].Offset)
+	}
+	if got, want := firstLine(e.dlqCommand("list", "--database-url", e.url)),
+		"1 dead letters in notifications.dlq (decode 0, validate 0, store 1); 0 replayed already"; got != want {
+		t.Errorf("dlq list: got %q, want %q", got, want)
+	}
+	if show := e.dlqCommand("show", "--database-url", e.url); !strings.Contains(show, "no_bad") || !strings.Contains(show, "MESSAGE_TOO_LARGE") {
+		t.Errorf("dlq show: got\n%s\nwant the letter with its reason (no_bad) and why it is kept (MESSAGE_TOO_LARGE)", show)
+	}
+
+	if _, err := e.pool.Exec(ctx, "ALTER TABLE notifications DROP CONSTRAINT no_bad"); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"replayed 1 dead letters onto notifications; 0 skipped at the replay limit, 0 replayed already",
+		"replayed 0 dead letters onto notifications; 0 skipped at the replay limit, 1 replayed already",
+	} {
+		if got := strings.TrimSpace(e.dlqCommand("replay", "--database-url", e.url)); got != want {
+			t.Errorf("replay: got %q, want %q", got, want)
+		}
+		e.waitDrained("kept")
+		var stored string
+		if err := e.pool.QueryRow(ctx, "SELECT body FROM notifications WHERE id = $1", id).Scan(&stored); err != nil {
+			t.Fatalf("the replayed message: %v", err)
+		}
+		if stored != body {
+			t.Errorf("the replayed message: got a body of %d bytes, want the %d sent", len(stored), len(body))
+		}
+		if got := e.countRows(""); got != 2 {
+			t.Errorf("rows after the replay: got %d, want 2", got)
+		}
+	}
+	if got, want := firstLine(e.dlqCommand("list", "--database-url", e.url)),
+		"1 dead letters in notifications.dlq (decode 0, validate 0, store 1); 1 replayed already"; got != want {
+		t.Errorf("dlq list after the replay: got %q, want %q", got, want)
 	}
 }

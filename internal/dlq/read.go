@@ -50,6 +50,10 @@ type Entry struct {
 	Record *kgo.Record
 	// Replays are the earlier replays of this letter, oldest first.
 	Replays []Replay
+	// Kept is why the table keeps the letter instead of the topic (the
+	// topic refused it for good); empty for a letter of the topic and for
+	// one the relay has yet to publish.
+	Kept string
 }
 
 // Place names where the letter is kept: "topic/partition/offset".

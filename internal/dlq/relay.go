@@ -286,7 +286,7 @@ func (r *Relay) Round(ctx context.Context, cl *kgo.Client) (full bool, err error
 			keptIDs = append(keptIDs, p.id)
 			keptWhy = append(keptWhy, "the dead-letter topic refused it: "+err.Error())
 			r.log.Error("dead-letter topic refused a letter for good; it is kept in notifyd_dead_letters",
-				"topic", r.cfg.Topic, "source_topic", p.rec.Topic, "id", p.id, "bytes", len(p.rec.Key)+len(p.rec.Value), "error", err)
+				"topic", r.cfg.Topic, "source", Entry{Record: p.rec}.Source(), "id", p.id, "bytes", len(p.rec.Key)+len(p.rec.Value), "error", err)
 		default:
 			failedIDs = append(failedIDs, p.id)
 			failedWhy = append(failedWhy, err.Error())

@@ -26,7 +26,7 @@ const Table = "notifyd_dead_letters"
 func ReadTable(ctx context.Context, pool *pgxpool.Pool, cl *kgo.Client, dlqTopic string) ([]Entry, error) {
 	rows, err := pool.Query(ctx, `
 		SELECT id, attempts, created_at, source_topic, source_partition, source_offset, source_timestamp,
-			class, reason, key, value, headers
+			class, reason, key, value, headers, coalesce(kept_reason, '')
 		FROM notifyd_dead_letters WHERE dlq_topic = $1 ORDER BY id`, dlqTopic)
 	if err != nil {
 		var pe *pgconn.PgError
@@ -42,8 +42,9 @@ func ReadTable(ctx context.Context, pool *pgxpool.Pool, cl *kgo.Client, dlqTopic
 		var at time.Time
 		var l postgres.DeadLetter
 		var hs []byte
+		var kept string
 		if err := rows.Scan(&id, &attempts, &at, &l.Topic, &l.Partition, &l.Offset, &l.Timestamp,
-			&l.Class, &l.Reason, &l.Key, &l.Value, &hs); err != nil {
+			&l.Class, &l.Reason, &l.Key, &l.Value, &hs, &kept); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("read %s: %w", Table, err)
 		}
@@ -53,7 +54,7 @@ func ReadTable(ctx context.Context, pool *pgxpool.Pool, cl *kgo.Client, dlqTopic
 		}
 		r := FromStored(dlqTopic, l, max(attempts, 1))
 		r.Topic, r.Partition, r.Offset, r.Timestamp = Table, 0, id, at
-		out = append(out, Entry{Record: r})
+		out = append(out, Entry{Record: r, Kept: kept})
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", Table, err)

@@ -165,7 +165,9 @@ func (r *Relay) client(ctx context.Context) (*kgo.Client, error) {
 		return nil, err
 	}
 	opts := append([]kgo.Opt{}, r.cfg.Opts...)
-	opts = append(opts, kgo.ProducerBatchMaxBytes(limit), kgo.RecordDeliveryTimeout(r.cfg.PublishTimeout))
+	// franz-go refuses a delivery timeout under 1 s; the round's context
+	// bounds a publish to PublishTimeout all the same.
+	opts = append(opts, kgo.ProducerBatchMaxBytes(limit), kgo.RecordDeliveryTimeout(max(r.cfg.PublishTimeout, time.Second)))
 	cl, err := kgo.NewClient(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("dead-letter producer: %w", err)

@@ -55,6 +55,10 @@ type writeResult struct {
 	took   time.Duration
 	fenced map[int32]fencedPart
 	failed error // the batch was not written: failed after its retries, or the writers' context ended
+	// stopped: failed because the writers' context ended (shutdown), not
+	// because of the batch. A write attempt's own timeout is a failure of
+	// the batch, although its error wraps context.DeadlineExceeded too.
+	stopped bool
 }
 
 // fencedPart is a partition another writer moved: its stored position.
@@ -210,7 +214,7 @@ func (c *core) result(r *writeResult) {
 				c.rows++
 				c.bytes += len(e.rec.Key) + len(e.rec.Value)
 			}
-			if errors.Is(r.failed, context.Canceled) || errors.Is(r.failed, context.DeadlineExceeded) {
+			if r.stopped {
 				continue // shutdown
 			}
 			ps.failures++
@@ -275,6 +279,7 @@ func (p *Pipeline) sql(b *batch) *postgres.Batch {
 func (p *Pipeline) writeLoop(ctx context.Context, w *writer) {
 	for b := range w.in {
 		r := p.write(ctx, w, b)
+		r.stopped = r.failed != nil && ctx.Err() != nil
 		p.gate.end(b.ids())
 		for id := range r.fenced {
 			p.gate.end([]int32{id})

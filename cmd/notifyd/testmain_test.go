@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/notifyd/notifyd/internal/testbin"
 )
 
 // testVersion is stamped into the binary the tests run, so that `notifyd
@@ -38,19 +38,7 @@ func TestMain(m *testing.M) {
 // buildOnce builds the binary the first time a test needs it, so that a run
 // filtered to in-process tests pays nothing.
 var buildOnce = sync.OnceValues(func() (string, error) {
-	bin := filepath.Join(binDir, "notifyd")
-	args := []string{"build", "-o", bin, "-ldflags", "-X main.version=" + testVersion}
-	if raceEnabled() {
-		// The binary gets the race detector too: a race in the service is
-		// reported on its stderr, which the tests check.
-		args = append(args, "-race")
-	}
-	cmd := exec.Command("go", append(args, ".")...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
+	return testbin.Build(binDir, "-X main.version="+testVersion)
 })
 
 // notifydBin returns the path of the notifyd binary, building it once.
@@ -61,19 +49,6 @@ func notifydBin(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return bin
-}
-
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" && s.Value == "true" {
-			return true
-		}
-	}
-	return false
 }
 
 // childEnv is the test process's environment without the settings of

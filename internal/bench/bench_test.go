@@ -5,9 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/notifyd/notifyd/internal/pgtest"
 	"github.com/notifyd/notifyd/internal/postgres"
+	"github.com/notifyd/notifyd/internal/testbin"
 )
 
 // These tests run the benchmark's own code in the test process, so that
@@ -37,18 +35,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-var buildOnce = sync.OnceValues(func() (string, error) {
-	bin := filepath.Join(binDir, "notifyd")
-	args := []string{"build", "-o", bin}
-	if raceEnabled() {
-		args = append(args, "-race")
-	}
-	out, err := exec.Command("go", append(args, "github.com/notifyd/notifyd/cmd/notifyd")...).CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
+var buildOnce = sync.OnceValues(func() (string, error) { return testbin.Build(binDir, "") })
 
 func notifydBin(t *testing.T) string {
 	t.Helper()
@@ -57,19 +44,6 @@ func notifydBin(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return bin
-}
-
-func raceEnabled() bool {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return false
-	}
-	for _, s := range bi.Settings {
-		if s.Key == "-race" && s.Value == "true" {
-			return true
-		}
-	}
-	return false
 }
 
 // TestRunSmall runs the whole benchmark, small, and checks that every

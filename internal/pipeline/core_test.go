@@ -187,6 +187,14 @@ func (e *env) readTopic(topic string) []*kgo.Record {
 // releases it.
 func (e *env) lockTable() (release func()) {
 	e.t.Helper()
+	return e.holdInTx("LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE")
+}
+
+// holdInTx runs stmt (one that takes locks) in a transaction of a
+// connection of its own and keeps the transaction open, and with it the
+// locks; the returned function commits it.
+func (e *env) holdInTx(stmt string, args ...any) (release func()) {
+	e.t.Helper()
 	ctx := context.Background()
 	conn, err := pgx.Connect(ctx, e.url)
 	if err != nil {
@@ -196,8 +204,8 @@ func (e *env) lockTable() (release func()) {
 	if err != nil {
 		e.t.Fatalf("begin: %v", err)
 	}
-	if _, err := tx.Exec(ctx, "LOCK TABLE notifications IN ACCESS EXCLUSIVE MODE"); err != nil {
-		e.t.Fatalf("lock: %v", err)
+	if _, err := tx.Exec(ctx, stmt, args...); err != nil {
+		e.t.Fatalf("%s: %v", stmt, err)
 	}
 	var once sync.Once
 	release = func() {

@@ -1,12 +1,8 @@
 package pipeline
 
 import (
-	"context"
-	"sync"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5"
 )
 
 // lockOffsetRow holds the lock of partition part's offset row in a
@@ -14,31 +10,8 @@ import (
 // only of that one); the returned function releases it.
 func (e *env) lockOffsetRow(part int32) (release func()) {
 	e.t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, e.url)
-	if err != nil {
-		e.t.Fatalf("connect: %v", err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		e.t.Fatalf("begin: %v", err)
-	}
-	var n int
-	if err := tx.QueryRow(ctx, `SELECT count(*) FROM (SELECT 1 FROM notifyd_offsets
-		WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE) l`, e.cfg.Group, testTopic, part).Scan(&n); err != nil || n != 1 {
-		e.t.Fatalf("lock the offset row of partition %d: %d rows, %v", part, n, err)
-	}
-	var once sync.Once
-	release = func() {
-		once.Do(func() {
-			if err := tx.Commit(ctx); err != nil {
-				e.t.Errorf("release lock: %v", err)
-			}
-			conn.Close(ctx)
-		})
-	}
-	e.t.Cleanup(release)
-	return release
+	return e.holdInTx(`SELECT 1 FROM notifyd_offsets WHERE consumer_group = $1 AND topic = $2 AND partition = $3 FOR UPDATE`,
+		e.cfg.Group, testTopic, part)
 }
 
 // A partition whose writes keep failing is set aside: its buffer is kept

@@ -312,7 +312,7 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 // detached tables are dropped after the commit, without holding writers.
 func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Duration, err error) {
 	const next, old = pastPartition + "_next", pastPartition + "_old"
-	var locked time.Time
+	var locked, pastTo time.Time
 	var detached []string
 	err = s.maintenanceTx(ctx, func(tx pgx.Tx) error {
 		dropped, detached = nil, nil
@@ -320,7 +320,8 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Du
 		if err != nil {
 			return err
 		}
-		drop, pastTo := retentionPlan(parts, s.now().Add(-s.cfg.Retention))
+		var drop []string
+		drop, pastTo = retentionPlan(parts, s.now().Add(-s.cfg.Retention))
 		if len(drop) == 0 {
 			return nil
 		}
@@ -356,6 +357,15 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Du
 	for _, n := range detached {
 		if _, err := s.pool.Exec(ctx, "DROP TABLE IF EXISTS "+n); err != nil {
 			return dropped, held, fmt.Errorf("apply retention: drop detached %s: %w", n, err)
+		}
+	}
+	// The inbox's read state of the rows that are gone (the table holds no
+	// row created before pastTo now). Rows of a side table, deleted after
+	// the swap, so writers never wait for them; a round killed before this
+	// leaves them for the next round, which deletes them all the same.
+	if !pastTo.IsZero() {
+		if _, err := s.pool.Exec(ctx, "DELETE FROM notifyd_inbox_state WHERE created_at < $1", pastTo); err != nil {
+			return dropped, held, fmt.Errorf("apply retention: read state of the dropped rows: %w", err)
 		}
 	}
 	return dropped, held, nil

@@ -194,6 +194,13 @@ func TestRetentionDropsWholePartitionsAndSkipsExpiredMessages(t *testing.T) {
 		rows = append(rows, rowAt(day0.Add(time.Duration(d)*24*time.Hour)))
 	}
 	writeAt(t, st, rows)
+	// Read state of the rows of days 0 and 5, as the inbox API keeps it.
+	for _, r := range []notification.Notification{rows[0], rows[5]} {
+		if _, err := st.Pool().Exec(ctx, `INSERT INTO notifyd_inbox_state (user_id, notification_id, created_at, read_at, read_version)
+			VALUES ($1, $2, $3, now(), 1)`, r.UserID, r.ID, r.CreatedAt); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Six days on (cutoff Dec 4, 12:00), the partitions of days 0-2 have
 	// ended more than 72 h ago.
@@ -210,6 +217,17 @@ func TestRetentionDropsWholePartitionsAndSkipsExpiredMessages(t *testing.T) {
 	checkCover(t, parts)
 	if got := countRows(t, st); got != 5 {
 		t.Fatalf("rows after retention: got %d, want 5", got)
+	}
+	srows, err := st.Pool().Query(ctx, "SELECT notification_id FROM notifyd_inbox_state")
+	if err != nil {
+		t.Fatal(err)
+	}
+	state, err := pgx.CollectRows(srows, pgx.RowTo[uuid.UUID])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(state) != 1 || state[0] != rows[5].ID {
+		t.Fatalf("read state after retention: got rows for %v, want only the row of day 5 (%v)", state, rows[5].ID)
 	}
 	// A message already older than the retention is counted, not stored,
 	// and its offset moves on.

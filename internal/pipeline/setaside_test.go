@@ -46,6 +46,18 @@ func TestPartitionThatCannotBeWrittenIsSetAsideWhileTheOthersFlow(t *testing.T) 
 			t.Fatalf("partition 0 moved from %d to %d while its offset row is locked", stuck, got)
 		}
 	}
+	// Partition 0 alone fails for a while, with nothing else to write.
+	time.Sleep(4 * time.Second)
+	more := makeMsgs(500, 30)
+	e.produceMsgs(more)
+	sent = append(sent, more...)
+	end := e.endOffsets(testTopic)
+	began := time.Now()
+	pollUntil(t, 20*time.Second, "partitions 1 and 2 stored after partition 0 failed alone", func() bool {
+		got := e.storedOffsets()
+		return got[1] == end[1] && got[2] == end[2]
+	})
+	t.Logf("partitions 1 and 2 stored %s after partition 0 failed alone for 4 s", time.Since(began).Round(time.Millisecond))
 	if n := r.metric("notifyd_partitions_set_aside_total"); n < 1 {
 		t.Fatalf("notifyd_partitions_set_aside_total: got %v, want at least 1", n)
 	}

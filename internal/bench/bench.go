@@ -436,11 +436,11 @@ func drain(ctx context.Context, cfg Config, brokers []string, url, topic string,
 	return d, nil
 }
 
-// checkpoint writes out the dirty pages before a drain, so that each drain
-// starts at the same point of the checkpoint cycle: the first change of a
-// page after a checkpoint writes the whole page to the WAL, and a drain
-// that starts just after one writes more of them than one that starts late
-// in a cycle. Best effort: a role without the right skips it.
+// checkpoint writes out the dirty pages before a drain, so that both drains
+// start at the same point of the checkpoint cycle: the first change of a
+// page after a checkpoint writes the whole page to the WAL, so where in the
+// cycle a drain starts changes what it writes, and when the next
+// checkpoint comes. Best effort: a role without the right skips it.
 func checkpoint(ctx context.Context, store *postgres.Store) {
 	_, _ = store.Pool().Exec(ctx, "CHECKPOINT")
 }

@@ -199,12 +199,19 @@ func (s *Store) screen(ctx context.Context, rows []notification.Notification) (s
 	return out, nil
 }
 
-// LatestQuery is "a user's latest notifications" as the user-facing service
-// should ask it ($1 the user, $2 how many): it reads the partitions newest
-// first through notifications_user_latest and stops once it has $2 rows
+// LatestQuery is "a user's latest 20" as the user-facing service should ask
+// it ($1 the user), as a prepared statement: it reads the partitions newest
+// first through notifications_user_latest and stops once it has 20 rows
 // (docs/architecture.md, "Reads").
+//
+// The limit is a constant, not a parameter: planning the query costs more
+// than running it (every partition is planned), and with a constant limit
+// the server keeps one generic plan for the prepared statement after its
+// fifth run (plan_cache_mode auto). With LIMIT $2 the generic plan's cost
+// is estimated for an unknown limit, the server finds it dearer than a
+// custom plan and plans every execution again.
 const LatestQuery = `SELECT id, event_type, title, body, data, created_at FROM notifications
-WHERE user_id = $1 ORDER BY created_at DESC LIMIT $2`
+WHERE user_id = $1 ORDER BY created_at DESC LIMIT 20`
 
 func minTime(a, b time.Time) time.Time {
 	if b.Before(a) {

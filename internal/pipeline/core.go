@@ -26,6 +26,9 @@ type core struct {
 	// recheck are partitions whose fetch position fell out of range: their
 	// bounds are checked again before the next AllowRebalance.
 	recheck map[int32]bool
+	// spare are the emptied entry slices of committed batches, which the
+	// next partition buffers start from instead of growing new ones.
+	spare [][]entry
 }
 
 // partition is the state of one held partition.
@@ -242,7 +245,8 @@ func (c *core) add(fetches kgo.Fetches) int {
 					src.Topic, src.Partition, src.Offset = t, part, off
 				}
 			}
-			n, err := notification.Decode(r.Value, src, c.p.cfg.Limits)
+			// The entry keeps r, and a fetched value is never written to.
+			n, err := notification.DecodeShared(r.Value, src, c.p.cfg.Limits)
 			if err != nil {
 				var ne *notification.Error
 				if !errors.As(err, &ne) {
@@ -254,6 +258,10 @@ func (c *core) add(fetches kgo.Fetches) int {
 			}
 			if len(ps.entries) == 0 {
 				ps.readAt = now
+				if cap(ps.entries) == 0 && len(c.spare) > 0 {
+					ps.entries = c.spare[len(c.spare)-1]
+					c.spare = c.spare[:len(c.spare)-1]
+				}
 			}
 			ps.entries = append(ps.entries, e)
 			c.rows++

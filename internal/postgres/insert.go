@@ -87,9 +87,13 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	if err != nil {
 		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
 	}
-	// earlier holds the created_at of the copies of each id that come
-	// first: stored, then kept in this batch.
-	earlier := make(map[[16]byte][]time.Time)
+	// earlier holds the created_at of the copies of each probed id that
+	// come first: stored, then kept in this batch. Only a probed row can be
+	// dropped, so only probed ids need their copies known.
+	earlier := make(map[[16]byte][]time.Time, len(ids))
+	for _, id := range ids {
+		earlier[id] = nil
+	}
 	var id [16]byte
 	var c time.Time
 	_, err = pgx.ForEachRow(dbRows, []any{&id, &c}, func() error {
@@ -101,11 +105,12 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	}
 	for i := range rows {
 		r := &rows[i]
-		if drop[i] {
+		copies, probed := earlier[r.ID]
+		if drop[i] || !probed {
 			continue
 		}
 		if r.CreatedAtMayDiffer {
-			for _, c := range earlier[r.ID] {
+			for _, c := range copies {
 				// The same created_at is left to the primary key, which counts it.
 				if !c.Equal(r.CreatedAt) && within(c, r.CreatedAt) {
 					drop[i] = true
@@ -115,7 +120,7 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 			}
 		}
 		if !drop[i] {
-			earlier[r.ID] = append(earlier[r.ID], r.CreatedAt)
+			earlier[r.ID] = append(copies, r.CreatedAt)
 		}
 	}
 	return nil

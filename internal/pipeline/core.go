@@ -230,10 +230,15 @@ func (c *core) add(fetches kgo.Fetches) int {
 		}
 		ps := c.parts[fp.Partition]
 		if ps == nil || ps.reseek {
-			return // not held any more, or being re-read from the stored position
+			// Not held any more, or being re-read from the stored position.
+			for _, r := range fp.Records {
+				r.Recycle()
+			}
+			return
 		}
 		for _, r := range fp.Records {
 			if r.Offset < ps.floor {
+				r.Recycle()
 				continue // already stored; can follow a re-seek
 			}
 			e := entry{rec: r}
@@ -279,11 +284,13 @@ func (c *core) add(fetches kgo.Fetches) int {
 	return kept
 }
 
-// forget drops a partition's buffered messages from the buffer.
+// forget drops a partition's buffered messages from the buffer. They are
+// in no write, so their records are recycled.
 func (c *core) forget(ps *partition) {
 	for _, e := range ps.entries {
 		c.rows--
 		c.bytes -= len(e.rec.Key) + len(e.rec.Value)
+		e.rec.Recycle()
 	}
 	ps.entries = nil
 }

@@ -250,14 +250,18 @@ func (c *core) result(r *writeResult) {
 		p.m.storedPosition.WithLabelValues(partLabel(pb.id)).Set(float64(pb.to))
 		p.m.lag.WithLabelValues(partLabel(pb.id)).Set(float64(max(ps.hwm-pb.to, 0)))
 	}
-	// The batch is done with: its entry slices are kept, emptied, for the
+	// The batch is done with, whether its partitions are still held or
+	// not: the writer has released its rows and dead letters, so its
+	// records are recycled, and its entry slices are kept, emptied, for the
 	// next buffers (at most one per held partition).
 	for _, pb := range b.parts {
-		if len(c.spare) >= len(c.parts) {
-			break
+		for _, e := range pb.entries {
+			e.rec.Recycle()
 		}
-		clear(pb.entries)
-		c.spare = append(c.spare, pb.entries[:0])
+		if len(c.spare) < len(c.parts) {
+			clear(pb.entries)
+			c.spare = append(c.spare, pb.entries[:0])
+		}
 	}
 	p.commitKafka(context.Background(), pos, false)
 }

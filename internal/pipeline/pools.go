@@ -1,8 +1,6 @@
 package pipeline
 
 import (
-	"sync"
-
 	"github.com/twmb/franz-go/pkg/kgo"
 )
 
@@ -19,8 +17,20 @@ import (
 // record must not be recycled while anything may still read its row or
 // its dead letter: recycle is the last use.
 type fetchPool struct {
-	bytes sync.Pool // *[]byte
-	recs  sync.Pool // *[]kgo.Record
+	// A few free buffers and record slices, no more: the client fetches
+	// from one broker connection at a time per broker, and a free buffer
+	// held for nothing is resident memory. What does not fit is left to the
+	// garbage collector.
+	bytes chan []byte
+	recs  chan []kgo.Record
+}
+
+// fetchPoolSize is how many free buffers, and free record slices, a
+// fetchPool keeps.
+const fetchPoolSize = 4
+
+func newFetchPool() *fetchPool {
+	return &fetchPool{bytes: make(chan []byte, fetchPoolSize), recs: make(chan []kgo.Record, fetchPoolSize)}
 }
 
 var (
@@ -28,25 +38,41 @@ var (
 	_ kgo.PoolRecords         = (*fetchPool)(nil)
 )
 
-// GetDecompressBytes returns a pooled buffer, or nil: the decompressor then
+// GetDecompressBytes returns a free buffer, or nil: the decompressor then
 // allocates one of the right size, and that one comes back to the pool.
 func (p *fetchPool) GetDecompressBytes([]byte, kgo.CompressionCodecType) []byte {
-	if b, ok := p.bytes.Get().(*[]byte); ok {
-		return *b
+	select {
+	case b := <-p.bytes:
+		return b
+	default:
+		return nil
 	}
-	return nil
 }
 
 // PutDecompressBytes takes a buffer back; franz-go has zeroed it.
-func (p *fetchPool) PutDecompressBytes(b []byte) { p.bytes.Put(&b) }
+func (p *fetchPool) PutDecompressBytes(b []byte) {
+	select {
+	case p.bytes <- b:
+	default:
+	}
+}
 
-// GetRecords returns a pooled slice of at least n records, or a new one.
+// GetRecords returns a free slice of at least n records, or a new one.
 func (p *fetchPool) GetRecords(n int) []kgo.Record {
-	if rs, ok := p.recs.Get().(*[]kgo.Record); ok && cap(*rs) >= n {
-		return (*rs)[:n]
+	select {
+	case rs := <-p.recs:
+		if cap(rs) >= n {
+			return rs[:n]
+		}
+	default:
 	}
 	return make([]kgo.Record, n)
 }
 
 // PutRecords takes a slice back; every record in it was recycled (zeroed).
-func (p *fetchPool) PutRecords(rs []kgo.Record) { p.recs.Put(&rs) }
+func (p *fetchPool) PutRecords(rs []kgo.Record) {
+	select {
+	case p.recs <- rs:
+	default:
+	}
+}

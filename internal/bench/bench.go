@@ -254,12 +254,16 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 
 // withSearchPath makes a connection string for the benchmark's stores and
 // the drain process that reaches the same server and database, with the
-// benchmark's schema first on the path.
+// benchmark's schema first on the path. A connection without TLS
+// (sslmode=disable) stays without: left out, the default would encrypt.
 func withSearchPath(cc *pgx.ConnConfig, schema string) string {
 	q := func(v string) string { return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'" }
 	s := fmt.Sprintf("host=%s port=%d user=%s dbname=%s search_path=%s", q(cc.Host), cc.Port, q(cc.User), q(cc.Database), schema)
 	if cc.Password != "" {
 		s += " password=" + q(cc.Password)
+	}
+	if cc.TLSConfig == nil {
+		s += " sslmode=disable"
 	}
 	return s
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/google/uuid"
 )
@@ -29,6 +30,20 @@ import (
 // Inside data, which is stored, a name twice in one object is rejected like
 // a NUL, because jsonb would keep only one of the two values.
 func Decode(value []byte, src Source, lim Limits) (Notification, error) {
+	return decode(value, src, lim, false)
+}
+
+// DecodeShared is Decode, except that the notification's strings and Data
+// share value's memory instead of being copies, wherever they hold no
+// escapes: no allocation and no copy for the usual message. value must not
+// change for as long as the notification is in use. The pipeline keeps the
+// record that carried a notification until its row is committed, and a
+// fetched record's value is never written to, so it decodes with this.
+func DecodeShared(value []byte, src Source, lim Limits) (Notification, error) {
+	return decode(value, src, lim, true)
+}
+
+func decode(value []byte, src Source, lim Limits, shared bool) (Notification, error) {
 	if len(value) == 0 {
 		return Notification{}, &Error{Class: ClassDecode,
 			Reason: "value is empty (a tombstone or an empty record); want a JSON object"}
@@ -41,7 +56,7 @@ func Decode(value []byte, src Source, lim Limits) (Notification, error) {
 			Reason: "value is not valid UTF-8: byte 0x" + strconv.FormatUint(uint64(value[at]), 16) +
 				" at offset " + strconv.Itoa(at) + " does not start a valid sequence"}
 	}
-	s := scanner{buf: value}
+	s := scanner{buf: value, shared: shared}
 	var m [numFields]member
 	if err := s.top(&m); err != nil {
 		return Notification{}, err
@@ -170,30 +185,49 @@ func (s *scanner) stringField(m *[numFields]member, texts *[numFields]string, f 
 // "" for the others. A notification's strings live and die together, so they
 // share one allocation.
 func (s *scanner) texts(m *[numFields]member) [numFields]string {
+	var texts [numFields]string
 	size := 0
 	for f := range m {
 		if m[f].present && m[f].kind == '"' {
+			if s.shared && !m[f].raw.escaped {
+				texts[f] = s.sharedText(m[f].raw)
+				continue
+			}
 			size += m[f].raw.end - m[f].raw.start
 		}
+	}
+	if size == 0 && s.shared {
+		return texts
 	}
 	var b strings.Builder
 	// Unescaping never makes a string longer.
 	b.Grow(size)
 	var ends [numFields]int
+	copied := func(f int) bool { return m[f].present && m[f].kind == '"' && (!s.shared || m[f].raw.escaped) }
 	for f := range m {
-		if m[f].present && m[f].kind == '"' {
+		if copied(f) {
 			s.unescape(&b, m[f].raw)
 		}
 		ends[f] = b.Len()
 	}
 	all := b.String()
-	var texts [numFields]string
 	start := 0
 	for f, end := range ends {
-		texts[f] = all[start:end]
+		if copied(f) {
+			texts[f] = all[start:end]
+		}
 		start = end
 	}
 	return texts
+}
+
+// sharedText is the string of an unescaped span, sharing the value's
+// memory (DecodeShared).
+func (s *scanner) sharedText(sp span) string {
+	if sp.end == sp.start {
+		return ""
+	}
+	return unsafe.String(&s.buf[sp.start], sp.end-sp.start)
 }
 
 // data returns a copy of the object of "data", or nil when there is none.
@@ -216,6 +250,9 @@ func (s *scanner) data(mem *member, maxBytes int) ([]byte, *Error) {
 		// payload, and no reader could tell which value the producer meant.
 		return nil, invalid(fieldData, "has the name "+quote(s.text(s.dataDup))+
 			" twice in one object (at byte "+strconv.Itoa(s.dataDup.start-1)+"), so it is ambiguous")
+	}
+	if s.shared {
+		return raw[:len(raw):len(raw)], nil
 	}
 	return bytes.Clone(raw), nil
 }

@@ -100,5 +100,14 @@ func BenchmarkDecode(b *testing.B) {
 				}
 			}
 		})
+		b.Run(bm.name+"-shared", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(value)))
+			for b.Loop() {
+				if _, err := DecodeShared(value, src, Limits{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -1,8 +1,11 @@
 package notification
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -62,6 +65,11 @@ func FuzzDecodeFields(f *testing.F) {
 func checkDecode(t *testing.T, value []byte, lim Limits) {
 	t.Helper()
 	n, err := Decode(value, testSource, lim)
+	// DecodeShared differs only in where the strings live.
+	sn, serr := DecodeShared(bytes.Clone(value), testSource, lim)
+	if fmt.Sprint(serr) != fmt.Sprint(err) || !reflect.DeepEqual(sn, n) {
+		t.Fatalf("DecodeShared(%q): got %+v, %v; Decode got %+v, %v", value, sn, serr, n, err)
+	}
 	if err != nil {
 		var e *Error
 		if !errors.As(err, &e) {

@@ -38,7 +38,8 @@ type Notification struct {
 	Body string
 	// Data is the JSON object of "data" byte for byte as sent (whitespace,
 	// key order and escapes included), or nil when "data" was absent or null.
-	// It is a copy: it does not alias the value passed to Decode.
+	// From Decode it is a copy: it does not alias the value passed in
+	// (from DecodeShared it does).
 	Data []byte
 	// CreatedAt is "created_at", or the record's timestamp when the message
 	// has none, in UTC and truncated to the microsecond. The truncation is the

@@ -2,6 +2,8 @@ package notification
 
 import (
 	"bytes"
+	"encoding/binary"
+	"math/bits"
 	"strconv"
 	"strings"
 	"unicode/utf16"
@@ -104,6 +106,9 @@ type member struct {
 type scanner struct {
 	buf []byte
 	pos int
+	// shared makes the notification's unescaped strings and data share
+	// buf (DecodeShared).
+	shared bool
 	// field is the name of the top-level member whose value is being
 	// scanned, so a syntax error can say which member it is in; end < 0
 	// outside a member's value.
@@ -407,9 +412,19 @@ func (s *scanner) str() (sp span, nul int, err *Error) {
 	nul = -1
 	for {
 		// The value is valid UTF-8, so any byte from 0x20 up, other than a
-		// quote or a backslash, is part of the string as it stands.
-		for i < len(buf) && buf[i] >= 0x20 && buf[i] != '"' && buf[i] != '\\' {
-			i++
+		// quote or a backslash, is part of the string as it stands: skip
+		// those eight at a time, and the last few one by one.
+		for i+8 <= len(buf) {
+			if m := special(binary.LittleEndian.Uint64(buf[i:])); m != 0 {
+				i += bits.TrailingZeros64(m) / 8
+				break
+			}
+			i += 8
+		}
+		if i+8 > len(buf) {
+			for i < len(buf) && buf[i] >= 0x20 && buf[i] != '"' && buf[i] != '\\' {
+				i++
+			}
 		}
 		if i >= len(buf) {
 			return sp, nul, s.syntax(len(buf), "the input ends inside a string")
@@ -463,6 +478,19 @@ func (s *scanner) str() (sp span, nul int, err *Error) {
 			return sp, nul, s.syntax(i, "control character "+s.describe(i)+" in a string; want it escaped")
 		}
 	}
+}
+
+// special flags (in its high bit) each of the 8 bytes of w, little-endian,
+// that is a quote, a backslash or a control character: a byte that ends
+// the plain run of a string; 0 when there is none. Each test is the classic
+// "has a byte less than n" bit trick, which never flags a byte from 0x80
+// up. A borrow can flag a byte after a real match too, never before one,
+// so the lowest flag is real.
+func special(w uint64) uint64 {
+	const ones, highs = 0x0101010101010101, 0x8080808080808080
+	quote := w ^ ('"' * ones)
+	backslash := w ^ ('\\' * ones)
+	return ((w-0x20*ones)&^w | (quote-ones)&^quote | (backslash-ones)&^backslash) & highs
 }
 
 // hex4 decodes the 4 hex digits at buf[i:].

@@ -39,9 +39,10 @@ func BenchmarkBatch(b *testing.B) {
 			b.Fatalf("add kept %d records, want %d", n, perFetch)
 		}
 		bt := c.take(w, true, false, time.Now())
-		if bt == nil || len(c.p.sql(bt).Rows) != perFetch {
+		if bt == nil || len(c.p.sql(w, bt).Rows) != perFetch {
 			b.Fatal("take returned a short batch")
 		}
+		w.release()
 		c.p.gate.end(bt.ids())
 		w.batch = nil
 	}

@@ -78,7 +78,7 @@ func TestBatchAddAndTake(t *testing.T) {
 	if b == nil {
 		t.Fatal("take at shutdown returned nothing")
 	}
-	sb := p.p.sql(b)
+	sb := p.p.sql(w, b)
 	if len(sb.Rows) != 2 || len(sb.Dead) != 1 || b.messages() != 3 {
 		t.Fatalf("batch: got %d rows, %d dead letters, %d messages, want 2, 1, 3", len(sb.Rows), len(sb.Dead), b.messages())
 	}

@@ -26,6 +26,9 @@ type core struct {
 	// recheck are partitions whose fetch position fell out of range: their
 	// bounds are checked again before the next AllowRebalance.
 	recheck map[int32]bool
+	// spare are the emptied entry slices of committed batches, which the
+	// next partition buffers start from instead of growing new ones.
+	spare [][]entry
 }
 
 // partition is the state of one held partition.
@@ -227,10 +230,15 @@ func (c *core) add(fetches kgo.Fetches) int {
 		}
 		ps := c.parts[fp.Partition]
 		if ps == nil || ps.reseek {
-			return // not held any more, or being re-read from the stored position
+			// Not held any more, or being re-read from the stored position.
+			for _, r := range fp.Records {
+				r.Recycle()
+			}
+			return
 		}
 		for _, r := range fp.Records {
 			if r.Offset < ps.floor {
+				r.Recycle()
 				continue // already stored; can follow a re-seek
 			}
 			e := entry{rec: r}
@@ -242,7 +250,8 @@ func (c *core) add(fetches kgo.Fetches) int {
 					src.Topic, src.Partition, src.Offset = t, part, off
 				}
 			}
-			n, err := notification.Decode(r.Value, src, c.p.cfg.Limits)
+			// The entry keeps r, and a fetched value is never written to.
+			n, err := notification.DecodeShared(r.Value, src, c.p.cfg.Limits)
 			if err != nil {
 				var ne *notification.Error
 				if !errors.As(err, &ne) {
@@ -254,6 +263,10 @@ func (c *core) add(fetches kgo.Fetches) int {
 			}
 			if len(ps.entries) == 0 {
 				ps.readAt = now
+				if cap(ps.entries) == 0 && len(c.spare) > 0 {
+					ps.entries = c.spare[len(c.spare)-1]
+					c.spare = c.spare[:len(c.spare)-1]
+				}
 			}
 			ps.entries = append(ps.entries, e)
 			c.rows++
@@ -271,11 +284,13 @@ func (c *core) add(fetches kgo.Fetches) int {
 	return kept
 }
 
-// forget drops a partition's buffered messages from the buffer.
+// forget drops a partition's buffered messages from the buffer. They are
+// in no write, so their records are recycled.
 func (c *core) forget(ps *partition) {
 	for _, e := range ps.entries {
 		c.rows--
 		c.bytes -= len(e.rec.Key) + len(e.rec.Value)
+		e.rec.Recycle()
 	}
 	ps.entries = nil
 }

@@ -135,6 +135,8 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 		kgo.AdjustFetchOffsetsFn(p.assigned),
 		kgo.OnPartitionsRevoked(p.revoked),
 		kgo.OnPartitionsLost(p.revoked),
+		// Fetched records' memory is reused once they are done with.
+		kgo.WithPools(newFetchPool()),
 		// Fetch in modest pieces: what is fetched is held in memory.
 		kgo.FetchMaxBytes(1<<20),
 		kgo.FetchMaxPartitionBytes(512<<10),

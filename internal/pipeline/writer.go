@@ -27,6 +27,12 @@ type writer struct {
 	attempt atomicTime
 
 	batch *batch // the batch in flight; owned by the consume goroutine
+
+	// rows and recs are the writer goroutine's own: the store batch's rows
+	// and their records, kept from one write to the next so that each
+	// write does not allocate them again.
+	rows []notification.Notification
+	recs []*kgo.Record
 }
 
 // batch is what one write takes from the buffer: whole partitions. The
@@ -248,15 +254,29 @@ func (c *core) result(r *writeResult) {
 		p.m.storedPosition.WithLabelValues(partLabel(pb.id)).Set(float64(pb.to))
 		p.m.lag.WithLabelValues(partLabel(pb.id)).Set(float64(max(ps.hwm-pb.to, 0)))
 	}
+	// The batch is done with, whether its partitions are still held or
+	// not: the writer has released its rows and dead letters, so its
+	// records are recycled, and its entry slices are kept, emptied, for the
+	// next buffers (at most one per held partition).
+	for _, pb := range b.parts {
+		for _, e := range pb.entries {
+			e.rec.Recycle()
+		}
+		if len(c.spare) < len(c.parts) {
+			clear(pb.entries)
+			c.spare = append(c.spare, pb.entries[:0])
+		}
+	}
 	p.commitKafka(context.Background(), pos, false)
 }
 
-// sql derives the store's batch from b.
-func (p *Pipeline) sql(b *batch) *postgres.Batch {
+// sql derives the store's batch from b, into w's rows and recs; they are
+// in use until the write ends (release).
+func (p *Pipeline) sql(w *writer, b *batch) *postgres.Batch {
 	sb := &postgres.Batch{Group: p.cfg.Group, Topic: p.cfg.Topic, DLQTopic: p.cfg.DLQTopic}
 	n := b.messages()
-	sb.Rows = make([]notification.Notification, 0, n)
-	recs := make([]*kgo.Record, 0, n) // the record of each row, for its dead letter
+	sb.Rows = slices.Grow(w.rows[:0], n)
+	recs := slices.Grow(w.recs[:0], n) // the record of each row, for its dead letter
 	for i := range b.parts {
 		pb := &b.parts[i]
 		sb.Ranges = append(sb.Ranges, postgres.Range{Partition: pb.id, From: pb.from, To: pb.to})
@@ -272,7 +292,16 @@ func (p *Pipeline) sql(b *batch) *postgres.Batch {
 	sb.Refused = func(i int, err error) postgres.DeadLetter {
 		return dlq.Stored(recs[i], string(notification.ClassStore), "the database refused the row: "+err.Error())
 	}
+	w.rows, w.recs = sb.Rows, recs
 	return sb
+}
+
+// release empties w's rows and recs once a write has ended, so that they
+// keep no message alive.
+func (w *writer) release() {
+	clear(w.rows)
+	clear(w.recs)
+	w.rows, w.recs = w.rows[:0], w.recs[:0]
 }
 
 // writeLoop writes each batch w is given until in is closed.
@@ -280,6 +309,7 @@ func (p *Pipeline) writeLoop(ctx context.Context, w *writer) {
 	for b := range w.in {
 		r := p.write(ctx, w, b)
 		r.stopped = r.failed != nil && ctx.Err() != nil
+		w.release()
 		p.gate.end(b.ids())
 		for id := range r.fenced {
 			p.gate.end([]int32{id})
@@ -299,7 +329,7 @@ func (p *Pipeline) write(ctx context.Context, w *writer, b *batch) *writeResult 
 	p.m.writes.WithLabelValues(b.trigger).Inc()
 	r := &writeResult{b: b}
 	for len(b.parts) > 0 {
-		sb := p.sql(b)
+		sb := p.sql(w, b)
 		start := time.Now()
 		var res postgres.Result
 		err := p.breaker.Do(func() error {

@@ -61,7 +61,7 @@ var deadLetterColumns = []string{"consumer_group", "dlq_topic", "source_topic", 
 
 // insertDeadLetters records letters with one binary COPY: a flood of
 // invalid messages costs about what the same number of rows does.
-func insertDeadLetters(ctx context.Context, tx pgx.Tx, group, dlqTopic string, letters []DeadLetter) error {
+func insertDeadLetters(ctx context.Context, tx *pgx.Conn, group, dlqTopic string, letters []DeadLetter) error {
 	if len(letters) == 0 {
 		return nil
 	}

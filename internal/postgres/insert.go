@@ -35,22 +35,9 @@ INSERT INTO notifications (id, user_id, event_type, title, body, data, created_a
 SELECT unnest($1::uuid[]), unnest($2::uuid[]), unnest($3::text[]), unnest($4::text[]), unnest($5::text[]), unnest($6::jsonb[]), unnest($7::timestamptz[])
 ON CONFLICT DO NOTHING`
 
-// insertRows inserts rows and returns how many were new. The parameter
-// types are the ones pgx encodes fastest: uuid.UUID would go through its
-// string form, twenty times slower.
-func insertRows(ctx context.Context, q pgx.Tx, rows []notification.Notification) (int64, error) {
-	if len(rows) == 0 {
-		return 0, nil
-	}
-	tag, err := q.Exec(ctx, insertSQL, columnArrays(rows)...)
-	if err != nil {
-		return 0, err
-	}
-	return tag.RowsAffected(), nil
-}
-
 // columnArrays are the rows as the seven column arrays of insertSQL (and of
-// notifyd_insert_each), in the types pgx encodes fastest.
+// notifyd_insert_each), in the types pgx encodes fastest: uuid.UUID would
+// go through its string form, twenty times slower.
 func columnArrays(rows []notification.Notification) []any {
 	ids := make([][16]byte, len(rows))
 	users := make([][16]byte, len(rows))
@@ -66,29 +53,6 @@ func columnArrays(rows []notification.Notification) []any {
 		created[i] = pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}
 	}
 	return []any{ids, users, types, titles, bodies, data, created}
-}
-
-var columns = []string{"id", "user_id", "event_type", "title", "body", "data", "created_at"}
-
-// copyRows writes rows with binary COPY straight into the table: the
-// physical limit of the sink, and what a batch without duplicate ids (the
-// usual case: notifyd's own redeliveries are rolled back, never committed)
-// can use. A duplicate id fails it with SQLSTATE 23505, and the write is
-// run again with insertRows.
-func copyRows(ctx context.Context, q pgx.Tx, rows []notification.Notification) (int64, error) {
-	vals := make([]any, len(columns)) // reused: CopyFrom encodes a row before asking for the next
-	src := pgx.CopyFromSlice(len(rows), func(i int) ([]any, error) {
-		r := &rows[i]
-		vals[0], vals[1], vals[2], vals[3], vals[4] = [16]byte(r.ID), [16]byte(r.UserID), r.EventType, r.Title, r.Body
-		if r.Data == nil {
-			vals[5] = nil
-		} else {
-			vals[5] = r.Data
-		}
-		vals[6] = pgtype.Timestamptz{Time: r.CreatedAt, Valid: true}
-		return vals, nil
-	})
-	return q.CopyFrom(ctx, pgx.Identifier{"notifications"}, columns, src)
 }
 
 // windowProbeSQL finds the rows of a batch whose id is already stored with
@@ -123,9 +87,13 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	if err != nil {
 		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
 	}
-	// earlier holds the created_at of the copies of each id that come
-	// first: stored, then kept in this batch.
-	earlier := make(map[[16]byte][]time.Time)
+	// earlier holds the created_at of the copies of each probed id that
+	// come first: stored, then kept in this batch. Only a probed row can be
+	// dropped, so only probed ids need their copies known.
+	earlier := make(map[[16]byte][]time.Time, len(ids))
+	for _, id := range ids {
+		earlier[id] = nil
+	}
 	var id [16]byte
 	var c time.Time
 	_, err = pgx.ForEachRow(dbRows, []any{&id, &c}, func() error {
@@ -137,11 +105,12 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	}
 	for i := range rows {
 		r := &rows[i]
-		if drop[i] {
+		copies, probed := earlier[r.ID]
+		if drop[i] || !probed {
 			continue
 		}
 		if r.CreatedAtMayDiffer {
-			for _, c := range earlier[r.ID] {
+			for _, c := range copies {
 				// The same created_at is left to the primary key, which counts it.
 				if !c.Equal(r.CreatedAt) && within(c, r.CreatedAt) {
 					drop[i] = true
@@ -151,7 +120,7 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 			}
 		}
 		if !drop[i] {
-			earlier[r.ID] = append(earlier[r.ID], r.CreatedAt)
+			earlier[r.ID] = append(copies, r.CreatedAt)
 		}
 	}
 	return nil

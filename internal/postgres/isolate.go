@@ -14,7 +14,7 @@ import (
 // each row in a subtransaction of its own on the server, as insertSQL
 // would, so that the rows the database refuses are found in one round trip
 // whatever their number. It returns them, and adds what it inserted to res.
-func insertEach(ctx context.Context, tx pgx.Tx, rows []notification.Notification, res *Result) ([]Rejected, error) {
+func insertEach(ctx context.Context, tx *pgx.Conn, rows []notification.Notification, res *Result) ([]Rejected, error) {
 	if len(rows) == 0 {
 		return nil, nil
 	}

@@ -380,39 +380,75 @@ func isUniqueViolation(err error) bool {
 }
 
 func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err error) {
-	tx, err := s.pool.Begin(ctx)
+	pc, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return res, fmt.Errorf("begin: %w", err)
 	}
+	defer pc.Release()
+	conn := pc.Conn()
 	defer func() {
-		if err != nil {
-			_ = tx.Rollback(context.WithoutCancel(ctx))
+		// A transaction left open (a failed write) is rolled back; if that
+		// fails too, the pool discards the connection on Release.
+		if conn.PgConn().TxStatus() != 'I' {
+			_, _ = conn.Exec(context.WithoutCancel(ctx), "rollback")
 		}
 	}()
 	if b.token == uuid.Nil {
 		b.token = uuid.New()
 	}
-	if err := s.advance(ctx, tx, b); err != nil {
+	// One round trip: BEGIN, the advance and, for the upsert, the insert
+	// are sent together. COMMIT is sent only once the advance is known to
+	// have moved every partition: a fenced write's insert is rolled back.
+	parts, froms, tos := b.ranges()
+	pipe := &pgx.Batch{}
+	pipe.Queue("begin")
+	pipe.Queue(advanceSQL, b.Group, b.Topic, parts, froms, tos, b.token)
+	pipelined := m == modeUpsert && len(b.Rows) > 0
+	if pipelined {
+		pipe.Queue(insertSQL, columnArrays(b.Rows)...)
+	}
+	br := conn.SendBatch(ctx, pipe)
+	if _, err := br.Exec(); err != nil {
+		_ = br.Close()
+		return res, fmt.Errorf("begin: %w", err)
+	}
+	moved, err := pgx.CollectRows(mustQuery(br), pgx.RowTo[int32])
+	if err != nil {
+		_ = br.Close()
+		return res, fmt.Errorf("advance offsets: %w", err)
+	}
+	var insertErr error
+	if pipelined {
+		tag, err := br.Exec()
+		res.Statements++
+		res.Inserted, insertErr = int(tag.RowsAffected()), err
+	}
+	if err := br.Close(); err != nil && insertErr == nil {
+		insertErr = err
+	}
+	if len(moved) < len(parts) {
+		if _, err := conn.Exec(ctx, "rollback"); err != nil {
+			return res, fmt.Errorf("rollback: %w", err)
+		}
+		// Nothing of this attempt was written.
+		err := s.notMoved(ctx, conn, b, parts, tos, moved)
 		if errors.Is(err, errWritten) {
-			if err := tx.Rollback(ctx); err != nil {
-				return res, fmt.Errorf("rollback: %w", err)
-			}
 			return *b.last, nil
 		}
-		return res, err
+		return Result{}, err
 	}
 	var bad []Rejected
-	switch m {
-	case modeIsolate:
+	switch {
+	case pipelined:
+		err = insertErr
+	case insertErr != nil:
+		return res, fmt.Errorf("advance offsets: %w", insertErr)
+	case m == modeIsolate:
 		// The whole batch is known to fail: the write before this one said so.
-		bad, err = insertEach(ctx, tx, b.Rows, &res)
-	default:
+		bad, err = insertEach(ctx, conn, b.Rows, &res)
+	case m == modeCopy:
 		var n int64
-		if m == modeCopy {
-			n, err = copyRows(ctx, tx, b.Rows)
-		} else {
-			n, err = insertRows(ctx, tx, b.Rows)
-		}
+		n, err = copyRows(ctx, conn.PgConn(), b.Rows)
 		res.Statements++
 		res.Inserted = int(n)
 	}
@@ -430,36 +466,39 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err er
 		}
 		res.Rejected = len(bad)
 	}
-	if err := insertDeadLetters(ctx, tx, b.Group, b.DLQTopic, dead); err != nil {
+	if err := insertDeadLetters(ctx, conn, b.Group, b.DLQTopic, dead); err != nil {
 		return res, err
 	}
 	res.Duplicates = len(b.Rows) - res.Rejected - res.Inserted + b.windowed
 	res.Expired = b.expired
 	last := res
 	b.last = &last
-	if err := tx.Commit(ctx); err != nil {
+	tag, err := conn.Exec(ctx, "commit")
+	if err != nil {
 		return res, fmt.Errorf("commit: %w", err)
 	}
+	if tag.String() != "COMMIT" {
+		return res, fmt.Errorf("commit: %w", pgx.ErrTxCommitRollback)
+	}
 	return res, nil
+}
+
+// mustQuery is the next result of br as rows; an error is reported by the
+// rows themselves.
+func mustQuery(br pgx.BatchResults) pgx.Rows {
+	rows, _ := br.Query()
+	return rows
 }
 
 // errWritten says that an earlier attempt of the batch committed.
 var errWritten = errors.New("batch already written")
 
-// advance moves the batch's partitions from From to To, taking their row
-// locks in partition order (so that two writers sharing partitions never
-// wait on each other in a cycle): a concurrent writer of the same partition
-// waits and then finds the position moved. It writes the batch's token
-// into the rows; finding the token already there at To, it returns
-// errWritten.
-func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
-	parts := make([]int32, len(b.Ranges))
-	froms := make([]int64, len(b.Ranges))
-	tos := make([]int64, len(b.Ranges))
-	for i, r := range b.Ranges {
-		parts[i], froms[i], tos[i] = r.Partition, r.From, r.To
-	}
-	rows, err := tx.Query(ctx, `
+// advanceSQL moves the batch's partitions from From to To, taking their
+// row locks in partition order (so that two writers sharing partitions
+// never wait on each other in a cycle): a concurrent writer of the same
+// partition waits and then finds the position moved. It writes the batch's
+// token into the rows, and returns the partitions it moved.
+const advanceSQL = `
 		WITH locked AS MATERIALIZED (
 			SELECT partition FROM notifyd_offsets
 			WHERE consumer_group = $1 AND topic = $2 AND partition = ANY($3)
@@ -468,22 +507,28 @@ func (s *Store) advance(ctx context.Context, tx pgx.Tx, b *Batch) error {
 		UPDATE notifyd_offsets o SET next_offset = v.to_off, updated_at = now(), writer_token = $6
 		FROM unnest($3::int[], $4::bigint[], $5::bigint[]) AS v(p, from_off, to_off), locked l
 		WHERE l.partition = v.p AND o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.from_off
-		RETURNING o.partition`, b.Group, b.Topic, parts, froms, tos, b.token)
-	if err != nil {
-		return fmt.Errorf("advance offsets: %w", err)
+		RETURNING o.partition`
+
+// ranges are the batch's ranges as the column arrays of advanceSQL.
+func (b *Batch) ranges() (parts []int32, froms, tos []int64) {
+	parts = make([]int32, len(b.Ranges))
+	froms = make([]int64, len(b.Ranges))
+	tos = make([]int64, len(b.Ranges))
+	for i, r := range b.Ranges {
+		parts[i], froms[i], tos[i] = r.Partition, r.From, r.To
 	}
-	moved, err := pgx.CollectRows(rows, pgx.RowTo[int32])
-	if err != nil {
-		return fmt.Errorf("advance offsets: %w", err)
-	}
-	if len(moved) == len(parts) {
-		return nil
-	}
+	return parts, froms, tos
+}
+
+// notMoved explains an advance that did not move every partition of the
+// batch (moved are the ones it did; its transaction is rolled back). A
+// transaction moves all its partitions or none: if every one is at To with
+// the batch's token, an earlier attempt committed, and it returns
+// errWritten. Otherwise another writer moved them: *FencedError.
+func (s *Store) notMoved(ctx context.Context, conn *pgx.Conn, b *Batch, parts []int32, tos []int64, moved []int32) error {
 	if len(moved) == 0 && b.last != nil {
-		// A transaction moves all its partitions or none: if every one is
-		// at To with our token, an earlier attempt committed.
 		var ours int
-		if err := tx.QueryRow(ctx, `
+		if err := conn.QueryRow(ctx, `
 			SELECT count(*) FROM notifyd_offsets o, unnest($3::int[], $4::bigint[]) AS v(p, to_off)
 			WHERE o.consumer_group = $1 AND o.topic = $2 AND o.partition = v.p AND o.next_offset = v.to_off AND o.writer_token = $5`,
 			b.Group, b.Topic, parts, tos, b.token).Scan(&ours); err != nil {

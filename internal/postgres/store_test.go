@@ -1,10 +1,12 @@
 package postgres
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -288,8 +290,41 @@ func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
 	ctx := context.Background()
 	claim(t, st, 0, 1)
 
+	rows := exactContentRows()
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: 5}, {Partition: 1, From: NoOffset, To: 2}},
+		Rows:   rows})
+	if err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if want := (Result{Inserted: 3, Statements: 1}); res != want {
+		t.Fatalf("result: got %+v, want %+v", res, want)
+	}
+
+	checkStored(t, st, rows)
+	sameOffsets(t, "offsets after write", offsets(t, st), map[int32]int64{0: 5, 1: 2})
+
+	// A second batch continues from the stored positions.
+	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: 5, To: 9}}, Rows: testRows(4)})
+	if err != nil {
+		t.Fatalf("second write: %v", err)
+	}
+	if res.Inserted != 4 {
+		t.Fatalf("second write inserted: got %d, want 4", res.Inserted)
+	}
+	sameOffsets(t, "offsets after second write", offsets(t, st), map[int32]int64{0: 9, 1: 2})
+	if n := countRows(t, st); n != 7 {
+		t.Fatalf("rows: got %d, want 7", n)
+	}
+}
+
+// exactContentRows are rows whose every field tests the write path's
+// encoding: scripts, escapes, the largest title and body, NULL and empty
+// data, times before PostgreSQL's epoch and with a zone.
+func exactContentRows() []notification.Notification {
 	tokyo := time.FixedZone("JST", 9*3600)
-	rows := []notification.Notification{
+	return []notification.Notification{
 		{
 			ID: uuid.New(), UserID: uuid.New(), EventType: "order.shipped:v2-x_y",
 			Title:     "Grüße aus Zürich 🎉 日本語 ñ",
@@ -312,16 +347,12 @@ func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
 			CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 1000, time.UTC),
 		},
 	}
-	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: NoOffset, To: 5}, {Partition: 1, From: NoOffset, To: 2}},
-		Rows:   rows})
-	if err != nil {
-		t.Fatalf("write: %v", err)
-	}
-	if want := (Result{Inserted: 3, Statements: 1}); res != want {
-		t.Fatalf("result: got %+v, want %+v", res, want)
-	}
+}
 
+// checkStored fails t unless every row of rows is stored exactly.
+func checkStored(t *testing.T, st *Store, rows []notification.Notification) {
+	t.Helper()
+	ctx := context.Background()
 	for _, want := range rows {
 		var (
 			userID            uuid.UUID
@@ -361,20 +392,55 @@ func TestWriteStoresExactContentAndAdvancesOffsets(t *testing.T) {
 			t.Fatalf("row %s data: got %s, want the same JSON as %s", want.ID, *data, want.Data)
 		}
 	}
-	sameOffsets(t, "offsets after write", offsets(t, st), map[int32]int64{0: 5, 1: 2})
+}
 
-	// A second batch continues from the stored positions.
-	res, err = st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
-		Ranges: []Range{{Partition: 0, From: 5, To: 9}}, Rows: testRows(4)})
+// TestCopyStoresExactContent writes the rows of
+// TestWriteStoresExactContentAndAdvancesOffsets in a batch large enough for
+// the binary COPY path, which encodes the rows itself.
+func TestCopyStoresExactContent(t *testing.T) {
+	t.Parallel()
+	st := migratedStore(t)
+	ctx := context.Background()
+	claim(t, st, 0)
+	rows := append(exactContentRows(), testRows(copyMinRows)...)
+	res, err := st.Write(ctx, &Batch{Group: testGroup, Topic: testTopic,
+		Ranges: []Range{{Partition: 0, From: NoOffset, To: int64(len(rows))}}, Rows: rows})
 	if err != nil {
-		t.Fatalf("second write: %v", err)
+		t.Fatalf("write: %v", err)
 	}
-	if res.Inserted != 4 {
-		t.Fatalf("second write inserted: got %d, want 4", res.Inserted)
+	if want := (Result{Inserted: len(rows), Statements: 1}); res != want {
+		t.Fatalf("result: got %+v, want %+v", res, want)
 	}
-	sameOffsets(t, "offsets after second write", offsets(t, st), map[int32]int64{0: 9, 1: 2})
-	if n := countRows(t, st); n != 7 {
-		t.Fatalf("rows: got %d, want 7", n)
+	checkStored(t, st, rows)
+}
+
+// TestCopyReaderInSmallReads checks that the COPY stream is the same
+// whatever the size of the reads that take it, rows larger than a read
+// included.
+func TestCopyReaderInSmallReads(t *testing.T) {
+	rows := append(exactContentRows(), testRows(3)...)
+	want := append([]byte(nil), copyHeader...)
+	for i := range rows {
+		want = appendCopyRow(want, &rows[i])
+	}
+	want = append(want, 0xff, 0xff)
+	for _, size := range []int{2, 7, 64, 1000, 65531} {
+		r := &copyReader{rows: rows}
+		var got []byte
+		buf := make([]byte, size)
+		for {
+			n, err := r.Read(buf)
+			got = append(got, buf[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil || n == 0 {
+				t.Fatalf("read of %d: got %d bytes, %v", size, n, err)
+			}
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("reads of %d: got %d bytes, want the %d of one encoding", size, len(got), len(want))
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -261,19 +262,33 @@ func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks)
 // user, sent as one batch).
 func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
 	var b pgx.Batch
+	s.queueCounts(&b, users, ms)
+	res := tx.SendBatch(ctx, &b)
+	out, err := s.readCounts(res, users)
+	if err != nil {
+		res.Close()
+		return nil, err
+	}
+	return out, res.Close()
+}
+
+// queueCounts queues the two capped statements of each user's counts.
+func (s *Server) queueCounts(b *pgx.Batch, users []uuid.UUID, ms map[uuid.UUID]marks) {
 	for _, u := range users {
 		for _, k := range []kind{kindRead, kindSeen} {
 			q := s.countUnsetQuery(u, ms[u], k, true, s.cfg.CountCap+1)
 			b.Queue(q.sql.String(), q.args...)
 		}
 	}
-	res := tx.SendBatch(ctx, &b)
+}
+
+// readCounts reads the results of queueCounts.
+func (s *Server) readCounts(res pgx.BatchResults, users []uuid.UUID) (map[uuid.UUID]Counts, error) {
 	out := make(map[uuid.UUID]Counts, len(users))
 	for _, u := range users {
 		var c Counts
 		for _, n := range []*int{&c.Unread, &c.Unseen} {
 			if err := res.QueryRow().Scan(n); err != nil {
-				res.Close()
 				return nil, fmt.Errorf("count: %w", err)
 			}
 			if *n > s.cfg.CountCap {
@@ -282,7 +297,7 @@ func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms 
 		}
 		out[u] = c
 	}
-	return out, res.Close()
+	return out, nil
 }
 
 // marksOf loads the read state of several users.
@@ -408,6 +423,11 @@ func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (c Counts, err 
 	return c, err
 }
 
+// errUnchanged ends the transaction of a change that changed no row: it
+// rolls back, so that a repeated request writes nothing (no version bump,
+// no WAL to flush) and wakes no stream.
+var errUnchanged = errors.New("no row changed")
+
 // change sets (set) or unsets kind k of the user's rows with the given ids,
 // or of all the user's rows committed now (all). It returns how many rows
 // changed (for all, exact up to the cap) and the counts after it.
@@ -423,22 +443,47 @@ RETURNING `+marksColumns, user))
 			return fmt.Errorf("lock read state: %w", err)
 		}
 		if all {
-			updated, err = s.changeAll(ctx, tx, user, m, k, set)
+			updated, m, err = s.changeAll(ctx, tx, user, m, k, set)
 		} else {
+			// A change by ids leaves the watermarks as they are: m holds
+			// the read state the counts below need.
 			updated, err = s.changeIDs(ctx, tx, user, m, k, set, ids)
 		}
 		if err != nil {
 			return fmt.Errorf("mark %s: %w", col, err)
 		}
-		if _, err := tx.Exec(ctx, `SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String()); err != nil {
-			return fmt.Errorf("notify streams: %w", err)
+		// The counts, with the wake-up of the user's streams when rows
+		// changed, in one round trip.
+		var b pgx.Batch
+		if updated > 0 {
+			b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
 		}
-		if m, err = loadMarks(ctx, tx, user); err != nil {
+		users := []uuid.UUID{user}
+		s.queueCounts(&b, users, map[uuid.UUID]marks{user: m})
+		res := tx.SendBatch(ctx, &b)
+		if updated > 0 {
+			if _, err := res.Exec(); err != nil {
+				res.Close()
+				return fmt.Errorf("notify streams: %w", err)
+			}
+		}
+		cs, err := s.readCounts(res, users)
+		if err != nil {
+			res.Close()
 			return err
 		}
-		c, err = s.counts(ctx, tx, user, m)
-		return err
+		if err := res.Close(); err != nil {
+			return err
+		}
+		c = cs[user]
+		if updated == 0 {
+			return errUnchanged
+		}
+		return nil
 	})
+	if errors.Is(err, errUnchanged) {
+		err = nil
+	}
 	return updated, c, err
 }
 
@@ -470,7 +515,9 @@ ON CONFLICT (user_id, notification_id) DO UPDATE SET `, col, `_at = EXCLUDED.`, 
 	return int(tag.RowsAffected()), nil
 }
 
-func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool) (int, error) {
+// changeAll moves kind k's watermark to now, unless no row would change;
+// it returns how many rows change (up to the cap) and the read state after.
+func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool) (int, marks, error) {
 	col := kindColumn[k]
 	// How many rows change, up to the cap, before the watermark moves.
 	count := s.countSet
@@ -480,14 +527,15 @@ func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m mar
 		}
 	}
 	n, err := count(ctx, tx, user, m, k, s.cfg.CountCap)
-	if err != nil {
-		return 0, err
+	if err != nil || n == 0 {
+		// Nothing to change: the rows keep the times they were set at.
+		return 0, m, err
 	}
 	at := "now()"
 	if !set {
 		at = "NULL"
 	}
-	_, err = tx.Exec(ctx, `UPDATE notifyd_inbox_users SET `+col+`_all_snap = pg_current_snapshot(), `+
-		col+`_all_at = `+at+`, `+col+`_all_version = version WHERE user_id = $1`, user)
-	return n, err
+	m, err = scanMarks(tx.QueryRow(ctx, `UPDATE notifyd_inbox_users SET `+col+`_all_snap = pg_current_snapshot(), `+
+		col+`_all_at = `+at+`, `+col+`_all_version = version WHERE user_id = $1 RETURNING `+marksColumns, user))
+	return n, m, err
 }

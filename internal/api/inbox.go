@@ -258,46 +258,115 @@ func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks)
 	return cs[user], err
 }
 
-// countsOf counts for several users in one round trip (two statements a
-// user, sent as one batch).
+// countsOf counts for several users in one round trip (one or two
+// statements a user, sent as one batch), and a second one for the few users
+// whose single pass found more rows than the cap (see queueCounts).
 func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
 	var b pgx.Batch
-	s.queueCounts(&b, users, ms)
+	plans := s.queueCounts(&b, users, ms)
 	res := tx.SendBatch(ctx, &b)
-	out, err := s.readCounts(res, users)
+	out, redo, err := s.readCounts(res, plans)
 	if err != nil {
 		res.Close()
 		return nil, err
 	}
-	return out, res.Close()
+	if err := res.Close(); err != nil {
+		return nil, err
+	}
+	return s.recount(ctx, tx, out, redo, ms)
 }
 
-// queueCounts queues the two capped statements of each user's counts.
-func (s *Server) queueCounts(b *pgx.Batch, users []uuid.UUID, ms map[uuid.UUID]marks) {
+// countPlan is how one user's counts were queued: one statement for both
+// (single), or one for each.
+type countPlan struct {
+	user   uuid.UUID
+	single bool
+}
+
+// queueCounts queues each user's counts. When both counts would scan the
+// same candidates (the user has no watermark of read or seen that leaves
+// fewer, which is the case of every user who never marked all), one
+// statement reads them once and counts both, up to cap+1 rows that are
+// unread or unseen; else (or when that pass stops at its limit with a
+// count not above the cap, which readCounts reports for recount) there is
+// one capped statement for each.
+func (s *Server) queueCounts(b *pgx.Batch, users []uuid.UUID, ms map[uuid.UUID]marks) []countPlan {
+	plans := make([]countPlan, 0, len(users))
 	for _, u := range users {
-		for _, k := range []kind{kindRead, kindSeen} {
-			q := s.countUnsetQuery(u, ms[u], k, true, s.cfg.CountCap+1)
+		if q := s.countBothQuery(u, ms[u], s.cfg.CountCap+1); q != nil {
 			b.Queue(q.sql.String(), q.args...)
+			plans = append(plans, countPlan{user: u, single: true})
+			continue
 		}
+		s.queueSeparate(b, u, ms[u])
+		plans = append(plans, countPlan{user: u})
+	}
+	return plans
+}
+
+func (s *Server) queueSeparate(b *pgx.Batch, u uuid.UUID, m marks) {
+	for _, k := range []kind{kindRead, kindSeen} {
+		q := s.countUnsetQuery(u, m, k, true, s.cfg.CountCap+1)
+		b.Queue(q.sql.String(), q.args...)
 	}
 }
 
-// readCounts reads the results of queueCounts.
-func (s *Server) readCounts(res pgx.BatchResults, users []uuid.UUID) (map[uuid.UUID]Counts, error) {
-	out := make(map[uuid.UUID]Counts, len(users))
-	for _, u := range users {
+// readCounts reads the results of queueCounts; redo are the users whose
+// single pass could not tell their counts up to the cap.
+func (s *Server) readCounts(res pgx.BatchResults, plans []countPlan) (out map[uuid.UUID]Counts, redo []uuid.UUID, err error) {
+	out = make(map[uuid.UUID]Counts, len(plans))
+	limit := s.cfg.CountCap + 1
+	for _, p := range plans {
 		var c Counts
-		for _, n := range []*int{&c.Unread, &c.Unseen} {
-			if err := res.QueryRow().Scan(n); err != nil {
-				return nil, fmt.Errorf("count: %w", err)
+		if p.single {
+			var found int
+			if err := res.QueryRow().Scan(&c.Unread, &c.Unseen, &found); err != nil {
+				return nil, nil, fmt.Errorf("count: %w", err)
 			}
+			if found == limit && (c.Unread <= s.cfg.CountCap || c.Unseen <= s.cfg.CountCap) {
+				// More rows may follow the ones this pass read.
+				redo = append(redo, p.user)
+				continue
+			}
+		} else {
+			for _, n := range []*int{&c.Unread, &c.Unseen} {
+				if err := res.QueryRow().Scan(n); err != nil {
+					return nil, nil, fmt.Errorf("count: %w", err)
+				}
+			}
+		}
+		for _, n := range []*int{&c.Unread, &c.Unseen} {
 			if *n > s.cfg.CountCap {
 				*n, c.Capped = s.cfg.CountCap, true
 			}
 		}
+		out[p.user] = c
+	}
+	return out, redo, nil
+}
+
+// recount counts the users of redo with one capped statement for each
+// count, into out.
+func (s *Server) recount(ctx context.Context, tx pgx.Tx, out map[uuid.UUID]Counts, redo []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+	if len(redo) == 0 {
+		return out, nil
+	}
+	var b pgx.Batch
+	plans := make([]countPlan, len(redo))
+	for i, u := range redo {
+		s.queueSeparate(&b, u, ms[u])
+		plans[i] = countPlan{user: u}
+	}
+	res := tx.SendBatch(ctx, &b)
+	more, _, err := s.readCounts(res, plans)
+	if err != nil {
+		res.Close()
+		return nil, err
+	}
+	for u, c := range more {
 		out[u] = c
 	}
-	return out, nil
+	return out, res.Close()
 }
 
 // marksOf loads the read state of several users.
@@ -340,33 +409,11 @@ func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m ma
 func (s *Server) countUnsetQuery(user uuid.UUID, m marks, k kind, notArchived bool, limit int) *query {
 	q := &query{}
 	u := q.arg(user)
-	// The watermark that leaves the fewest candidates: a row it covers is
-	// set (for k, or archived) unless an exception newer than it says not.
-	var w watermark
-	wk := k
 	choices := []kind{k}
 	if notArchived {
 		choices = append(choices, kindArchived)
 	}
-	for _, c := range choices {
-		if cw := m.kinds[c]; cw.exists && cw.at != nil && (!w.exists || snapXmin(cw.snap) > snapXmin(w.snap)) {
-			w, wk = cw, c
-		}
-	}
-	var cand string
-	if !w.exists {
-		cand = allRows(u)
-	} else {
-		snap, ver := q.arg(w.snap), q.arg(w.version)
-		cand = `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u +
-			` AND n.commit_xid >= pg_snapshot_xmin(` + snap + `::text::pg_snapshot)
-UNION ALL
-SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
-JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
-WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
-  AND (n.commit_xid IS NULL OR n.commit_xid < pg_snapshot_xmin(` + snap + `::text::pg_snapshot))`
-	}
-	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, cand, `) c
+	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, q.candidates(u, m, choices), `) c
 LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
 WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
 	if notArchived {
@@ -374,6 +421,59 @@ WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
 	}
 	q.add(` LIMIT `, q.arg(limit), `) x`)
 	return q
+}
+
+// countBothQuery counts in one pass, among the first limit rows not
+// archived that are unread or unseen, the unread ones, the unseen ones and
+// all of them; nil when the two counts would not scan the same candidates.
+func (s *Server) countBothQuery(user uuid.UUID, m marks, limit int) *query {
+	read, seen := bestWatermark(m, kindRead, kindArchived), bestWatermark(m, kindSeen, kindArchived)
+	if read != seen {
+		return nil
+	}
+	q := &query{}
+	u := q.arg(user)
+	rEff, sEff := q.effective(kindRead, m.kinds[kindRead], "c", "s"), q.effective(kindSeen, m.kinds[kindSeen], "c", "s")
+	q.add(`SELECT count(*) FILTER (WHERE x.r IS NULL), count(*) FILTER (WHERE x.se IS NULL), count(*) FROM (SELECT `,
+		rEff, ` AS r, `, sEff, ` AS se
+FROM (`, q.candidates(u, m, []kind{kindArchived}), `) c
+LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+WHERE `, q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), ` IS NULL AND (`, rEff, ` IS NULL OR `, sEff, ` IS NULL)
+LIMIT `, q.arg(limit), `) x`)
+	return q
+}
+
+// bestWatermark is the kind, among choices, whose watermark leaves the
+// fewest candidates for a count (a row it covers is set, for that kind,
+// unless an exception newer than it says not), or -1 for none.
+func bestWatermark(m marks, choices ...kind) kind {
+	var w watermark
+	wk := kind(-1)
+	for _, c := range choices {
+		if cw := m.kinds[c]; cw.exists && cw.at != nil && (!w.exists || snapXmin(cw.snap) > snapXmin(w.snap)) {
+			w, wk = cw, c
+		}
+	}
+	return wk
+}
+
+// candidates is the SQL of the user's (id, commit_xid) rows that a count
+// must look at: all of them when no watermark among choices covers rows,
+// else those the best one does not cover and the exceptions newer than it.
+func (q *query) candidates(u string, m marks, choices []kind) string {
+	wk := bestWatermark(m, choices...)
+	if wk < 0 {
+		return allRows(u)
+	}
+	w := m.kinds[wk]
+	snap, ver := q.arg(w.snap), q.arg(w.version)
+	return `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u +
+		` AND n.commit_xid >= pg_snapshot_xmin(` + snap + `::text::pg_snapshot)
+UNION ALL
+SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
+JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
+WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
+  AND (n.commit_xid IS NULL OR n.commit_xid < pg_snapshot_xmin(` + snap + `::text::pg_snapshot))`
 }
 
 // countSet counts, up to limit, the user's rows whose kind k is set: all
@@ -458,8 +558,8 @@ RETURNING `+marksColumns, user))
 		if updated > 0 {
 			b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
 		}
-		users := []uuid.UUID{user}
-		s.queueCounts(&b, users, map[uuid.UUID]marks{user: m})
+		ms := map[uuid.UUID]marks{user: m}
+		plans := s.queueCounts(&b, []uuid.UUID{user}, ms)
 		res := tx.SendBatch(ctx, &b)
 		if updated > 0 {
 			if _, err := res.Exec(); err != nil {
@@ -467,12 +567,15 @@ RETURNING `+marksColumns, user))
 				return fmt.Errorf("notify streams: %w", err)
 			}
 		}
-		cs, err := s.readCounts(res, users)
+		cs, redo, err := s.readCounts(res, plans)
 		if err != nil {
 			res.Close()
 			return err
 		}
 		if err := res.Close(); err != nil {
+			return err
+		}
+		if cs, err = s.recount(ctx, tx, cs, redo, ms); err != nil {
 			return err
 		}
 		c = cs[user]

@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Notification is a row of the inbox as the API shows it (SPEC §6).
@@ -347,7 +347,7 @@ func (s *Server) readCounts(res pgx.BatchResults, plans []countPlan) (out map[uu
 
 // recount counts the users of redo with one capped statement for each
 // count, into out.
-func (s *Server) recount(ctx context.Context, tx pgx.Tx, out map[uuid.UUID]Counts, redo []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+func (s *Server) recount(ctx context.Context, tx querier, out map[uuid.UUID]Counts, redo []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
 	if len(redo) == 0 {
 		return out, nil
 	}
@@ -399,7 +399,7 @@ func marksOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID) (map[uuid.UUID]m
 
 // countUnset counts, up to limit, the user's rows whose kind k is unset
 // (and, with notArchived, that are not archived).
-func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
+func (s *Server) countUnset(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
 	q := s.countUnsetQuery(user, m, k, notArchived, limit)
 	var n int
 	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
@@ -479,7 +479,7 @@ WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
 // countSet counts, up to limit, the user's rows whose kind k is set: all
 // rows are candidates while a watermark sets them, else only the rows set
 // by id.
-func (s *Server) countSet(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+func (s *Server) countSet(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, limit int) (int, error) {
 	var q query
 	u := q.arg(user)
 	cand := allRows(u)
@@ -523,74 +523,109 @@ func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (c Counts, err 
 	return c, err
 }
 
-// errUnchanged ends the transaction of a change that changed no row: it
-// rolls back, so that a repeated request writes nothing (no version bump,
-// no WAL to flush) and wakes no stream.
-var errUnchanged = errors.New("no row changed")
+// querier is what the statements of a change need: a pgx.Tx, or a
+// connection whose transaction the change opened itself (change).
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
 
 // change sets (set) or unsets kind k of the user's rows with the given ids,
 // or of all the user's rows committed now (all). It returns how many rows
 // changed (for all, exact up to the cap) and the counts after it.
+//
+// Its transaction takes three round trips for ids (four for all): BEGIN
+// goes with the version bump, and the streams' wake-up, the counts and
+// COMMIT go together. A change that changed no row ends with ROLLBACK
+// instead: a repeated request writes nothing (no version bump, no WAL to
+// flush at commit) and wakes no stream. A connection that an error leaves
+// inside the transaction is closed by the pool on release, not reused.
 func (s *Server) change(ctx context.Context, user uuid.UUID, k kind, set bool, ids []uuid.UUID, all bool) (updated int, c Counts, err error) {
 	col := kindColumn[k]
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// The version bump takes the user's row lock: one user's changes
-		// are ordered, and the statements below see the latest of them.
-		m, err := scanMarks(tx.QueryRow(ctx, `INSERT INTO notifyd_inbox_users AS u (user_id, version) VALUES ($1, 1)
-ON CONFLICT (user_id) DO UPDATE SET version = u.version + 1
-RETURNING `+marksColumns, user))
-		if err != nil {
-			return fmt.Errorf("lock read state: %w", err)
-		}
-		if all {
-			updated, m, err = s.changeAll(ctx, tx, user, m, k, set)
-		} else {
-			// A change by ids leaves the watermarks as they are: m holds
-			// the read state the counts below need.
-			updated, err = s.changeIDs(ctx, tx, user, m, k, set, ids)
-		}
-		if err != nil {
-			return fmt.Errorf("mark %s: %w", col, err)
-		}
-		// The counts, with the wake-up of the user's streams when rows
-		// changed, in one round trip.
-		var b pgx.Batch
-		if updated > 0 {
-			b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
-		}
-		ms := map[uuid.UUID]marks{user: m}
-		plans := s.queueCounts(&b, []uuid.UUID{user}, ms)
-		res := tx.SendBatch(ctx, &b)
-		if updated > 0 {
-			if _, err := res.Exec(); err != nil {
-				res.Close()
-				return fmt.Errorf("notify streams: %w", err)
-			}
-		}
-		cs, redo, err := s.readCounts(res, plans)
-		if err != nil {
-			res.Close()
-			return err
-		}
-		if err := res.Close(); err != nil {
-			return err
-		}
-		if cs, err = s.recount(ctx, tx, cs, redo, ms); err != nil {
-			return err
-		}
-		c = cs[user]
-		if updated == 0 {
-			return errUnchanged
-		}
-		return nil
-	})
-	if errors.Is(err, errUnchanged) {
-		err = nil
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, Counts{}, err
 	}
-	return updated, c, err
+	defer pc.Release()
+	conn := pc.Conn()
+
+	// The version bump takes the user's row lock: one user's changes are
+	// ordered, and the statements below see the latest of them.
+	var b pgx.Batch
+	b.Queue(`BEGIN`)
+	b.Queue(`INSERT INTO notifyd_inbox_users AS u (user_id, version) VALUES ($1, 1)
+ON CONFLICT (user_id) DO UPDATE SET version = u.version + 1
+RETURNING `+marksColumns, user)
+	res := conn.SendBatch(ctx, &b)
+	_, err = res.Exec()
+	var m marks
+	if err == nil {
+		m, err = scanMarks(res.QueryRow())
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, Counts{}, fmt.Errorf("lock read state: %w", err)
+	}
+	if all {
+		updated, m, err = s.changeAll(ctx, conn, user, m, k, set)
+	} else {
+		// A change by ids leaves the watermarks as they are: m holds the
+		// read state the counts below need.
+		updated, err = s.changeIDs(ctx, conn, user, m, k, set, ids)
+	}
+	if err != nil {
+		return 0, Counts{}, fmt.Errorf("mark %s: %w", col, err)
+	}
+
+	b = pgx.Batch{}
+	if updated > 0 {
+		b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
+	}
+	plans := s.queueCounts(&b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	end := `COMMIT`
+	if updated == 0 {
+		end = `ROLLBACK`
+	}
+	b.Queue(end)
+	res = conn.SendBatch(ctx, &b)
+	if updated > 0 {
+		if _, err := res.Exec(); err != nil {
+			res.Close()
+			return 0, Counts{}, fmt.Errorf("notify streams: %w", err)
+		}
+	}
+	cs, redo, err := s.readCounts(res, plans)
+	if err == nil {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, Counts{}, err
+	}
+	if len(redo) > 0 {
+		// The single pass could not tell; counted again after the change,
+		// with the read state as it is then.
+		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			m, err := loadMarks(ctx, tx, user)
+			if err != nil {
+				return err
+			}
+			cs[user], err = s.counts(ctx, tx, user, m)
+			return err
+		})
+		if err != nil {
+			return 0, Counts{}, err
+		}
+	}
+	return updated, cs[user], nil
 }
 
-func (s *Server) changeIDs(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool, ids []uuid.UUID) (int, error) {
+func (s *Server) changeIDs(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, set bool, ids []uuid.UUID) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
@@ -620,12 +655,12 @@ ON CONFLICT (user_id, notification_id) DO UPDATE SET `, col, `_at = EXCLUDED.`, 
 
 // changeAll moves kind k's watermark to now, unless no row would change;
 // it returns how many rows change (up to the cap) and the read state after.
-func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool) (int, marks, error) {
+func (s *Server) changeAll(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, set bool) (int, marks, error) {
 	col := kindColumn[k]
 	// How many rows change, up to the cap, before the watermark moves.
 	count := s.countSet
 	if set {
-		count = func(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+		count = func(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, limit int) (int, error) {
 			return s.countUnset(ctx, tx, user, m, k, false, limit)
 		}
 	}

@@ -128,14 +128,14 @@ func (c *benchCmd) Run(ctx context.Context) error {
   feed first page at %d req/s (with counts)  p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
   counts at %d req/s (with the feed)         p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
   stream delivery, %d streams, %d rows/s  p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms  (%d delivered, %d not)
-  memory per idle stream                     %10.1f KB resident, %.1f KB Go heap and stacks
+  memory per idle stream                     %10.1f KB resident, %.1f KB Go heap and stacks (%.1f KB after a GC)
   ingest, API idle / with %d mark-read req/s  %8.0f / %.0f msg/s  (ratio %.2f; mark-read p95 %.1f ms)
   failed API requests                        %10d
 `, a.HistoryRows, a.Users,
 			a.OfferedRate, a.FeedMs.P50, a.FeedMs.P95, a.FeedMs.P99,
 			a.OfferedRate, a.CountsMs.P50, a.CountsMs.P95, a.CountsMs.P99,
 			a.Streams, a.StreamRate, a.DeliveryMs.P50, a.DeliveryMs.P95, a.DeliveryMs.P99, a.Delivered, a.Undelivered,
-			a.IdleStreamKB, a.IdleStreamGoKB, a.MarkRate, a.IngestIdle, a.IngestBusy, a.IngestRatio, a.MarkMs.P95, a.RequestErrors)
+			a.IdleStreamKB, a.IdleStreamGoKB, a.IdleStreamGoGCKB, a.MarkRate, a.IngestIdle, a.IngestBusy, a.IngestRatio, a.MarkMs.P95, a.RequestErrors)
 	}
 	return nil
 }

@@ -52,6 +52,7 @@ type serveCmd struct {
 	apiFlags
 	APIAddr     string `name:"api-addr" env:"NOTIFYD_API_ADDR" default:"${serve_api_addr}" help:"Address of the inbox API (and its demo page at /)."`
 	MetricsAddr string `name:"metrics-addr" env:"NOTIFYD_METRICS_ADDR" default:"${metrics_addr}" help:"Address of /metrics, /healthz and /readyz (give another one than a notifyd run on the same host); empty disables them."`
+	Pprof       bool   `name:"pprof" env:"NOTIFYD_PPROF" help:"Also serve /debug/pprof on --metrics-addr (profiles show internals and cost CPU while taken)."`
 }
 
 func (c *serveCmd) Help() string {
@@ -75,6 +76,8 @@ func (c *serveCmd) validate() error {
 		if err := checkListenAddr(c.MetricsAddr); err != nil {
 			errs = append(errs, fmt.Errorf("--metrics-addr: %w", err))
 		}
+	} else if c.Pprof {
+		errs = append(errs, errors.New("--pprof: needs --metrics-addr, where it is served"))
 	}
 	if err := c.config().Validate(); err != nil {
 		errs = append(errs, err)
@@ -97,7 +100,7 @@ func (c *serveCmd) Run(ctx context.Context) error {
 	// ready is set before the server serves, so /readyz never sees it nil.
 	var ready func(context.Context) error
 	if c.MetricsAddr != "" {
-		srv, err = admin.Listen(admin.Config{Addr: c.MetricsAddr}, reg, func(ctx context.Context) error { return ready(ctx) })
+		srv, err = admin.Listen(admin.Config{Addr: c.MetricsAddr, Pprof: c.Pprof}, reg, func(ctx context.Context) error { return ready(ctx) })
 		if err != nil {
 			return err
 		}
@@ -121,7 +124,7 @@ func (c *serveCmd) Run(ctx context.Context) error {
 		return err
 	}
 	if srv != nil {
-		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr())
+		log.Info("serving /metrics, /healthz and /readyz", "addr", srv.Addr(), "pprof", c.Pprof)
 		g.Go(srv.Serve)
 		g.Go(func() error {
 			<-gctx.Done()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Notification is a row of the inbox as the API shows it (SPEC §6).
@@ -257,29 +258,112 @@ func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks)
 	return cs[user], err
 }
 
-// countsOf counts for several users in one round trip (two statements a
-// user, sent as one batch).
+// countsOf counts for several users in one round trip (one or two
+// statements a user, sent as one batch), and a second one for the few users
+// whose single pass found more rows than the cap (see queueCounts).
 func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
 	var b pgx.Batch
-	for _, u := range users {
-		for _, k := range []kind{kindRead, kindSeen} {
-			q := s.countUnsetQuery(u, ms[u], k, true, s.cfg.CountCap+1)
-			b.Queue(q.sql.String(), q.args...)
-		}
-	}
+	plans := s.queueCounts(&b, users, ms)
 	res := tx.SendBatch(ctx, &b)
-	out := make(map[uuid.UUID]Counts, len(users))
+	out, redo, err := s.readCounts(res, plans)
+	if err != nil {
+		res.Close()
+		return nil, err
+	}
+	if err := res.Close(); err != nil {
+		return nil, err
+	}
+	return s.recount(ctx, tx, out, redo, ms)
+}
+
+// countPlan is how one user's counts were queued: one statement for both
+// (single), or one for each.
+type countPlan struct {
+	user   uuid.UUID
+	single bool
+}
+
+// queueCounts queues each user's counts. When both counts would scan the
+// same candidates (the user has no watermark of read or seen that leaves
+// fewer, which is the case of every user who never marked all), one
+// statement reads them once and counts both, up to cap+1 rows that are
+// unread or unseen; else (or when that pass stops at its limit with a
+// count not above the cap, which readCounts reports for recount) there is
+// one capped statement for each.
+func (s *Server) queueCounts(b *pgx.Batch, users []uuid.UUID, ms map[uuid.UUID]marks) []countPlan {
+	plans := make([]countPlan, 0, len(users))
 	for _, u := range users {
+		if q := s.countBothQuery(u, ms[u], s.cfg.CountCap+1); q != nil {
+			b.Queue(q.sql.String(), q.args...)
+			plans = append(plans, countPlan{user: u, single: true})
+			continue
+		}
+		s.queueSeparate(b, u, ms[u])
+		plans = append(plans, countPlan{user: u})
+	}
+	return plans
+}
+
+func (s *Server) queueSeparate(b *pgx.Batch, u uuid.UUID, m marks) {
+	for _, k := range []kind{kindRead, kindSeen} {
+		q := s.countUnsetQuery(u, m, k, true, s.cfg.CountCap+1)
+		b.Queue(q.sql.String(), q.args...)
+	}
+}
+
+// readCounts reads the results of queueCounts; redo are the users whose
+// single pass could not tell their counts up to the cap.
+func (s *Server) readCounts(res pgx.BatchResults, plans []countPlan) (out map[uuid.UUID]Counts, redo []uuid.UUID, err error) {
+	out = make(map[uuid.UUID]Counts, len(plans))
+	limit := s.cfg.CountCap + 1
+	for _, p := range plans {
 		var c Counts
-		for _, n := range []*int{&c.Unread, &c.Unseen} {
-			if err := res.QueryRow().Scan(n); err != nil {
-				res.Close()
-				return nil, fmt.Errorf("count: %w", err)
+		if p.single {
+			var found int
+			if err := res.QueryRow().Scan(&c.Unread, &c.Unseen, &found); err != nil {
+				return nil, nil, fmt.Errorf("count: %w", err)
 			}
+			if found == limit && (c.Unread <= s.cfg.CountCap || c.Unseen <= s.cfg.CountCap) {
+				// More rows may follow the ones this pass read.
+				redo = append(redo, p.user)
+				continue
+			}
+		} else {
+			for _, n := range []*int{&c.Unread, &c.Unseen} {
+				if err := res.QueryRow().Scan(n); err != nil {
+					return nil, nil, fmt.Errorf("count: %w", err)
+				}
+			}
+		}
+		for _, n := range []*int{&c.Unread, &c.Unseen} {
 			if *n > s.cfg.CountCap {
 				*n, c.Capped = s.cfg.CountCap, true
 			}
 		}
+		out[p.user] = c
+	}
+	return out, redo, nil
+}
+
+// recount counts the users of redo with one capped statement for each
+// count, into out.
+func (s *Server) recount(ctx context.Context, tx querier, out map[uuid.UUID]Counts, redo []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+	if len(redo) == 0 {
+		return out, nil
+	}
+	var b pgx.Batch
+	plans := make([]countPlan, len(redo))
+	for i, u := range redo {
+		s.queueSeparate(&b, u, ms[u])
+		plans[i] = countPlan{user: u}
+	}
+	res := tx.SendBatch(ctx, &b)
+	more, _, err := s.readCounts(res, plans)
+	if err != nil {
+		res.Close()
+		return nil, err
+	}
+	for u, c := range more {
 		out[u] = c
 	}
 	return out, res.Close()
@@ -315,7 +399,7 @@ func marksOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID) (map[uuid.UUID]m
 
 // countUnset counts, up to limit, the user's rows whose kind k is unset
 // (and, with notArchived, that are not archived).
-func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
+func (s *Server) countUnset(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, notArchived bool, limit int) (int, error) {
 	q := s.countUnsetQuery(user, m, k, notArchived, limit)
 	var n int
 	err := tx.QueryRow(ctx, q.sql.String(), q.args...).Scan(&n)
@@ -325,33 +409,11 @@ func (s *Server) countUnset(ctx context.Context, tx pgx.Tx, user uuid.UUID, m ma
 func (s *Server) countUnsetQuery(user uuid.UUID, m marks, k kind, notArchived bool, limit int) *query {
 	q := &query{}
 	u := q.arg(user)
-	// The watermark that leaves the fewest candidates: a row it covers is
-	// set (for k, or archived) unless an exception newer than it says not.
-	var w watermark
-	wk := k
 	choices := []kind{k}
 	if notArchived {
 		choices = append(choices, kindArchived)
 	}
-	for _, c := range choices {
-		if cw := m.kinds[c]; cw.exists && cw.at != nil && (!w.exists || snapXmin(cw.snap) > snapXmin(w.snap)) {
-			w, wk = cw, c
-		}
-	}
-	var cand string
-	if !w.exists {
-		cand = allRows(u)
-	} else {
-		snap, ver := q.arg(w.snap), q.arg(w.version)
-		cand = `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u +
-			` AND n.commit_xid >= pg_snapshot_xmin(` + snap + `::text::pg_snapshot)
-UNION ALL
-SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
-JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
-WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
-  AND (n.commit_xid IS NULL OR n.commit_xid < pg_snapshot_xmin(` + snap + `::text::pg_snapshot))`
-	}
-	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, cand, `) c
+	q.add(`SELECT count(*) FROM (SELECT 1 FROM (`, q.candidates(u, m, choices), `) c
 LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
 WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
 	if notArchived {
@@ -361,10 +423,63 @@ WHERE `, q.effective(k, m.kinds[k], "c", "s"), ` IS NULL`)
 	return q
 }
 
+// countBothQuery counts in one pass, among the first limit rows not
+// archived that are unread or unseen, the unread ones, the unseen ones and
+// all of them; nil when the two counts would not scan the same candidates.
+func (s *Server) countBothQuery(user uuid.UUID, m marks, limit int) *query {
+	read, seen := bestWatermark(m, kindRead, kindArchived), bestWatermark(m, kindSeen, kindArchived)
+	if read != seen {
+		return nil
+	}
+	q := &query{}
+	u := q.arg(user)
+	rEff, sEff := q.effective(kindRead, m.kinds[kindRead], "c", "s"), q.effective(kindSeen, m.kinds[kindSeen], "c", "s")
+	q.add(`SELECT count(*) FILTER (WHERE x.r IS NULL), count(*) FILTER (WHERE x.se IS NULL), count(*) FROM (SELECT `,
+		rEff, ` AS r, `, sEff, ` AS se
+FROM (`, q.candidates(u, m, []kind{kindArchived}), `) c
+LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
+WHERE `, q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), ` IS NULL AND (`, rEff, ` IS NULL OR `, sEff, ` IS NULL)
+LIMIT `, q.arg(limit), `) x`)
+	return q
+}
+
+// bestWatermark is the kind, among choices, whose watermark leaves the
+// fewest candidates for a count (a row it covers is set, for that kind,
+// unless an exception newer than it says not), or -1 for none.
+func bestWatermark(m marks, choices ...kind) kind {
+	var w watermark
+	wk := kind(-1)
+	for _, c := range choices {
+		if cw := m.kinds[c]; cw.exists && cw.at != nil && (!w.exists || snapXmin(cw.snap) > snapXmin(w.snap)) {
+			w, wk = cw, c
+		}
+	}
+	return wk
+}
+
+// candidates is the SQL of the user's (id, commit_xid) rows that a count
+// must look at: all of them when no watermark among choices covers rows,
+// else those the best one does not cover and the exceptions newer than it.
+func (q *query) candidates(u string, m marks, choices []kind) string {
+	wk := bestWatermark(m, choices...)
+	if wk < 0 {
+		return allRows(u)
+	}
+	w := m.kinds[wk]
+	snap, ver := q.arg(w.snap), q.arg(w.version)
+	return `SELECT n.id, n.commit_xid FROM notifications n WHERE n.user_id = ` + u +
+		` AND n.commit_xid >= pg_snapshot_xmin(` + snap + `::text::pg_snapshot)
+UNION ALL
+SELECT n.id, n.commit_xid FROM notifyd_inbox_state e
+JOIN notifications n ON n.user_id = ` + u + ` AND n.id = e.notification_id AND n.created_at = e.created_at
+WHERE e.user_id = ` + u + ` AND e.` + kindColumn[wk] + `_version > ` + ver + `
+  AND (n.commit_xid IS NULL OR n.commit_xid < pg_snapshot_xmin(` + snap + `::text::pg_snapshot))`
+}
+
 // countSet counts, up to limit, the user's rows whose kind k is set: all
 // rows are candidates while a watermark sets them, else only the rows set
 // by id.
-func (s *Server) countSet(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+func (s *Server) countSet(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, limit int) (int, error) {
 	var q query
 	u := q.arg(user)
 	cand := allRows(u)
@@ -408,41 +523,109 @@ func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (c Counts, err 
 	return c, err
 }
 
+// querier is what the statements of a change need: a pgx.Tx, or a
+// connection whose transaction the change opened itself (change).
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+	SendBatch(ctx context.Context, b *pgx.Batch) pgx.BatchResults
+}
+
 // change sets (set) or unsets kind k of the user's rows with the given ids,
 // or of all the user's rows committed now (all). It returns how many rows
 // changed (for all, exact up to the cap) and the counts after it.
+//
+// Its transaction takes three round trips for ids (four for all): BEGIN
+// goes with the version bump, and the streams' wake-up, the counts and
+// COMMIT go together. A change that changed no row ends with ROLLBACK
+// instead: a repeated request writes nothing (no version bump, no WAL to
+// flush at commit) and wakes no stream. A connection that an error leaves
+// inside the transaction is closed by the pool on release, not reused.
 func (s *Server) change(ctx context.Context, user uuid.UUID, k kind, set bool, ids []uuid.UUID, all bool) (updated int, c Counts, err error) {
 	col := kindColumn[k]
-	err = pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		// The version bump takes the user's row lock: one user's changes
-		// are ordered, and the statements below see the latest of them.
-		m, err := scanMarks(tx.QueryRow(ctx, `INSERT INTO notifyd_inbox_users AS u (user_id, version) VALUES ($1, 1)
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return 0, Counts{}, err
+	}
+	defer pc.Release()
+	conn := pc.Conn()
+
+	// The version bump takes the user's row lock: one user's changes are
+	// ordered, and the statements below see the latest of them.
+	var b pgx.Batch
+	b.Queue(`BEGIN`)
+	b.Queue(`INSERT INTO notifyd_inbox_users AS u (user_id, version) VALUES ($1, 1)
 ON CONFLICT (user_id) DO UPDATE SET version = u.version + 1
-RETURNING `+marksColumns, user))
-		if err != nil {
-			return fmt.Errorf("lock read state: %w", err)
+RETURNING `+marksColumns, user)
+	res := conn.SendBatch(ctx, &b)
+	_, err = res.Exec()
+	var m marks
+	if err == nil {
+		m, err = scanMarks(res.QueryRow())
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, Counts{}, fmt.Errorf("lock read state: %w", err)
+	}
+	if all {
+		updated, m, err = s.changeAll(ctx, conn, user, m, k, set)
+	} else {
+		// A change by ids leaves the watermarks as they are: m holds the
+		// read state the counts below need.
+		updated, err = s.changeIDs(ctx, conn, user, m, k, set, ids)
+	}
+	if err != nil {
+		return 0, Counts{}, fmt.Errorf("mark %s: %w", col, err)
+	}
+
+	b = pgx.Batch{}
+	if updated > 0 {
+		b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
+	}
+	plans := s.queueCounts(&b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	end := `COMMIT`
+	if updated == 0 {
+		end = `ROLLBACK`
+	}
+	b.Queue(end)
+	res = conn.SendBatch(ctx, &b)
+	if updated > 0 {
+		if _, err := res.Exec(); err != nil {
+			res.Close()
+			return 0, Counts{}, fmt.Errorf("notify streams: %w", err)
 		}
-		if all {
-			updated, err = s.changeAll(ctx, tx, user, m, k, set)
-		} else {
-			updated, err = s.changeIDs(ctx, tx, user, m, k, set, ids)
-		}
-		if err != nil {
-			return fmt.Errorf("mark %s: %w", col, err)
-		}
-		if _, err := tx.Exec(ctx, `SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String()); err != nil {
-			return fmt.Errorf("notify streams: %w", err)
-		}
-		if m, err = loadMarks(ctx, tx, user); err != nil {
+	}
+	cs, redo, err := s.readCounts(res, plans)
+	if err == nil {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return 0, Counts{}, err
+	}
+	if len(redo) > 0 {
+		// The single pass could not tell; counted again after the change,
+		// with the read state as it is then.
+		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
+			m, err := loadMarks(ctx, tx, user)
+			if err != nil {
+				return err
+			}
+			cs[user], err = s.counts(ctx, tx, user, m)
 			return err
+		})
+		if err != nil {
+			return 0, Counts{}, err
 		}
-		c, err = s.counts(ctx, tx, user, m)
-		return err
-	})
-	return updated, c, err
+	}
+	return updated, cs[user], nil
 }
 
-func (s *Server) changeIDs(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool, ids []uuid.UUID) (int, error) {
+func (s *Server) changeIDs(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, set bool, ids []uuid.UUID) (int, error) {
 	if len(ids) == 0 {
 		return 0, nil
 	}
@@ -470,24 +653,27 @@ ON CONFLICT (user_id, notification_id) DO UPDATE SET `, col, `_at = EXCLUDED.`, 
 	return int(tag.RowsAffected()), nil
 }
 
-func (s *Server) changeAll(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, set bool) (int, error) {
+// changeAll moves kind k's watermark to now, unless no row would change;
+// it returns how many rows change (up to the cap) and the read state after.
+func (s *Server) changeAll(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, set bool) (int, marks, error) {
 	col := kindColumn[k]
 	// How many rows change, up to the cap, before the watermark moves.
 	count := s.countSet
 	if set {
-		count = func(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, k kind, limit int) (int, error) {
+		count = func(ctx context.Context, tx querier, user uuid.UUID, m marks, k kind, limit int) (int, error) {
 			return s.countUnset(ctx, tx, user, m, k, false, limit)
 		}
 	}
 	n, err := count(ctx, tx, user, m, k, s.cfg.CountCap)
-	if err != nil {
-		return 0, err
+	if err != nil || n == 0 {
+		// Nothing to change: the rows keep the times they were set at.
+		return 0, m, err
 	}
 	at := "now()"
 	if !set {
 		at = "NULL"
 	}
-	_, err = tx.Exec(ctx, `UPDATE notifyd_inbox_users SET `+col+`_all_snap = pg_current_snapshot(), `+
-		col+`_all_at = `+at+`, `+col+`_all_version = version WHERE user_id = $1`, user)
-	return n, err
+	m, err = scanMarks(tx.QueryRow(ctx, `UPDATE notifyd_inbox_users SET `+col+`_all_snap = pg_current_snapshot(), `+
+		col+`_all_at = `+at+`, `+col+`_all_version = version WHERE user_id = $1 RETURNING `+marksColumns, user))
+	return n, m, err
 }

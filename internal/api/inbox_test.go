@@ -206,8 +206,18 @@ func TestReadStateByIDsAndAll(t *testing.T) {
 	ids := map[string][]string{"ids": {rows[0].ID.String(), rows[1].ID.String()}}
 	r := post("/v1/inbox/read", ids)
 	check("read two", r, changeResp{Updated: 2, Counts: Counts{Unread: 8, Unseen: 10}})
+	version := func() int64 {
+		t.Helper()
+		var v int64
+		if err := e.store.Pool().QueryRow(context.Background(), `SELECT version FROM notifyd_inbox_users WHERE user_id = $1`, user).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	v := version()
 	r = post("/v1/inbox/read", ids)
 	check("read two again (idempotent)", r, changeResp{Updated: 0, Counts: Counts{Unread: 8, Unseen: 10}})
+	check("version after a change that changed nothing", version(), v)
 	feed := e.feedAll(user, "", 100)
 	if feed[0].ReadAt == nil || feed[1].ReadAt == nil || feed[2].ReadAt != nil {
 		t.Fatalf("read_at after reading two: %v %v %v", feed[0].ReadAt, feed[1].ReadAt, feed[2].ReadAt)
@@ -220,8 +230,10 @@ func TestReadStateByIDsAndAll(t *testing.T) {
 
 	r = post("/v1/inbox/read", map[string]bool{"all": true})
 	check("read all", r, changeResp{Updated: 9, Counts: Counts{Unread: 0, Unseen: 10}})
+	v = version()
 	r = post("/v1/inbox/read", map[string]bool{"all": true})
 	check("read all again", r, changeResp{Updated: 0, Counts: Counts{Unread: 0, Unseen: 10}})
+	check("version after read all with nothing unread", version(), v)
 
 	// A row that commits after "all" is unread, whatever its created_at.
 	late := row(user, time.Now().Add(-48*time.Hour), "late")

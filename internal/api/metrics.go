@@ -74,8 +74,8 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// Hijack is never used by the API; it is here so that the wrapper hides no
-// capability of the connection.
+// Hijack lets the stream take its connection over (a taken-over stream is
+// counted as a 200 when it starts).
 func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(w.ResponseWriter).Hijack()
 }

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -36,8 +37,13 @@ type Server struct {
 	metrics *metrics
 	hub     *hub
 	handler http.Handler
-	// stopped is closed when Run returns: open streams end with it.
+	// stopped is closed when the hub stops: open streams end with it.
 	stopped chan struct{}
+	// streams are the goroutines of the streams whose connections were
+	// taken over from net/http; Run waits for them. streamsMu orders
+	// their start against stopped.
+	streamsMu sync.Mutex
+	streams   sync.WaitGroup
 	// routes are the patterns served, for the OpenAPI check.
 	routes []string
 }
@@ -62,11 +68,16 @@ func New(cfg Config, pool *pgxpool.Pool, log *slog.Logger, reg prometheus.Regist
 // Handler serves the API.
 func (s *Server) Handler() http.Handler { return s.handler }
 
-// Run keeps the live streams fed until ctx ends, then ends them (so that
-// an http.Server's Shutdown is not held by them). Call it once.
+// Run keeps the live streams fed until ctx ends, then ends them and waits
+// for them (an http.Server's Shutdown neither waits for nor is held by
+// them: their connections were taken over). Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	defer close(s.stopped)
-	return s.hub.run(ctx)
+	err := s.hub.run(ctx)
+	s.streamsMu.Lock()
+	close(s.stopped)
+	s.streamsMu.Unlock()
+	s.streams.Wait()
+	return err
 }
 
 func (s *Server) routesMux() http.Handler {

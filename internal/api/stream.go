@@ -1,11 +1,13 @@
 package api
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"strconv"
 	"sync"
@@ -31,9 +33,14 @@ type event struct {
 // sub is one open stream.
 type sub struct {
 	user uuid.UUID
-	// ch brings the events of one hub query at a time; bounding it in
-	// queries, not rows, lets a large batch through whole.
-	ch chan []event
+	// queue holds the events of one hub query per element, bounded by
+	// Config.StreamBuffer; bounding it in queries, not rows, lets a large
+	// batch through whole. It is a slice rather than a buffered channel so
+	// that an idle stream holds no buffer. qmu guards it; ready has a token
+	// while it is not empty.
+	qmu   sync.Mutex
+	queue [][]event
+	ready chan struct{}
 	// after is the client's Last-Event-ID, if any: the hub starts the
 	// stream only at a snapshot that covers it.
 	after *position
@@ -75,7 +82,7 @@ func (h *hub) poke() {
 }
 
 func (h *hub) subscribe(user uuid.UUID, after *position) *sub {
-	sb := &sub{user: user, after: after, ch: make(chan []event, h.s.cfg.StreamBuffer), start: make(chan snapshot, 1), dropped: make(chan struct{})}
+	sb := &sub{user: user, after: after, ready: make(chan struct{}, 1), start: make(chan snapshot, 1), dropped: make(chan struct{})}
 	h.mu.Lock()
 	h.pending[sb] = struct{}{}
 	h.mu.Unlock()
@@ -95,12 +102,37 @@ func (h *hub) unsubscribe(sb *sub) {
 	}
 }
 
+// take empties sb's queue and returns what it held.
+func (sb *sub) take() [][]event {
+	sb.qmu.Lock()
+	defer sb.qmu.Unlock()
+	q := sb.queue
+	sb.queue = nil
+	return q
+}
+
+// pending is how many batches sb's queue holds.
+func (sb *sub) pending() int {
+	sb.qmu.Lock()
+	defer sb.qmu.Unlock()
+	return len(sb.queue)
+}
+
 // send hands evs to sb or, when sb's buffer is full, drops sb. Called with
 // h.mu held.
 func (h *hub) send(sb *sub, evs []event) {
-	select {
-	case sb.ch <- evs:
-	default:
+	sb.qmu.Lock()
+	full := len(sb.queue) >= h.s.cfg.StreamBuffer
+	if !full {
+		sb.queue = append(sb.queue, evs)
+	}
+	sb.qmu.Unlock()
+	if !full {
+		select {
+		case sb.ready <- struct{}{}:
+		default:
+		}
+	} else {
 		close(sb.dropped)
 		delete(h.active[sb.user], sb)
 		if len(h.active[sb.user]) == 0 {
@@ -459,9 +491,13 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		}
 		last = &p
 	}
-	rc := http.NewResponseController(w)
 	sb := s.hub.subscribe(user, last)
-	defer s.hub.unsubscribe(sb)
+	handedOff := false
+	defer func() {
+		if !handedOff {
+			s.hub.unsubscribe(sb)
+		}
+	}()
 
 	var start snapshot
 	wait := time.NewTimer(s.cfg.QueryTimeout)
@@ -481,115 +517,243 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 		writeError(w, http.StatusServiceUnavailable, "the server is shutting down")
 		return
 	}
-	pos := position{base: start}
-	if last != nil {
-		pos = *last
-	}
-	s.metrics.open.Inc()
-	defer s.metrics.open.Dec()
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
 	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-
-	write := func(ev event) error {
-		_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteDeadline))
-		if _, err := fmt.Fprintf(w, "id: %s\nevent: %s\ndata: %s\n\n", ev.pos, ev.name, ev.data); err != nil {
-			return err
-		}
-		s.metrics.events.WithLabelValues(ev.name).Inc()
-		return nil
+	out, err := s.takeOver(w)
+	if err != nil {
+		s.log.Warn("inbox stream: cannot take over the connection", "err", err)
+		return
 	}
+	s.metrics.open.Inc()
 	// Retry hint for EventSource clients, then what was missed.
-	_, _ = io.WriteString(w, "retry: 2000\n\n")
+	out.buf = append(out.buf, "retry: 2000\n\n"...)
 	if last != nil {
-		// What was missed: the rest of the snapshot difference the client
-		// was in, then everything up to this stream's start.
-		var phases [][2]snapshot
-		if pos.row {
-			phases = append(phases, [2]snapshot{pos.base, pos.upto})
+		if err := s.replayMissed(r.Context(), out, user, *last, start); err != nil {
+			out.close()
+			s.metrics.open.Dec()
+			return
 		}
-		phases = append(phases, [2]snapshot{pos.until(), start})
-		for i, ph := range phases {
-			var after *streamRow
-			if i == 0 && pos.row {
-				after = &streamRow{xid: pos.xid, n: Notification{ID: pos.id}}
-			}
-			for {
-				ctx, cancel := context.WithTimeout(r.Context(), s.cfg.QueryTimeout)
-				rows, err := s.replay(ctx, user, ph[0], ph[1], after)
-				cancel()
-				if err != nil {
-					// The client reconnects with the last id it got.
-					s.log.Warn("inbox stream: replay failed", "err", err)
-					return
-				}
-				evs := events(rows, ph[0], ph[1])
-				if len(rows) == replayPage {
-					// More may follow: the last is a row position too.
-					end := rows[len(rows)-1]
-					evs[len(evs)-1].pos = position{base: ph[0], row: true, upto: ph[1], xid: end.xid, id: end.n.ID}
-					after = &end
-				}
-				for _, ev := range evs {
-					if err := write(ev); err != nil {
-						return
-					}
-					pos = ev.pos
-				}
-				if len(rows) < replayPage {
-					break
-				}
-			}
-		}
-		pos = position{base: start}
 	}
-	_ = rc.Flush()
+	if err := out.flush(); err != nil {
+		out.close()
+		s.metrics.open.Dec()
+		return
+	}
 
-	// emit writes a live event: the hub feeds this stream from start on,
-	// which the replay reached, so nothing is sent twice.
-	emit := func(ev event) error {
-		if err := write(ev); err != nil {
-			return err
-		}
-		pos = ev.pos
-		return nil
+	if out.conn == nil {
+		// The connection cannot be taken over (HTTP/2): the stream lives
+		// in this handler.
+		defer s.metrics.open.Dec()
+		s.pump(sb, out, r.Context().Done())
+		return
 	}
+	// The database work above grew this goroutine's stack, and net/http
+	// would keep its buffers for the connection: an idle stream holds
+	// neither once a fresh goroutine of its own serves it.
+	handedOff = s.goStream(func() {
+		defer s.metrics.open.Dec()
+		defer s.hub.unsubscribe(sb)
+		s.pump(sb, out, out.gone)
+		out.close()
+	})
+	if !handedOff {
+		out.close()
+		s.metrics.open.Dec()
+	}
+}
+
+// goStream runs f in a goroutine that Run waits for, unless Run is already
+// ending them; it reports whether f was started.
+func (s *Server) goStream(f func()) bool {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	select {
+	case <-s.stopped:
+		return false
+	default:
+	}
+	s.streams.Go(f)
+	return true
+}
+
+// replayMissed writes what a client reconnecting at last missed: the rest
+// of the snapshot difference it was in, then everything up to start.
+func (s *Server) replayMissed(ctx context.Context, out *sseOut, user uuid.UUID, last position, start snapshot) error {
+	var phases [][2]snapshot
+	if last.row {
+		phases = append(phases, [2]snapshot{last.base, last.upto})
+	}
+	phases = append(phases, [2]snapshot{last.until(), start})
+	for i, ph := range phases {
+		var after *streamRow
+		if i == 0 && last.row {
+			after = &streamRow{xid: last.xid, n: Notification{ID: last.id}}
+		}
+		for {
+			qctx, cancel := context.WithTimeout(ctx, s.cfg.QueryTimeout)
+			rows, err := s.replay(qctx, user, ph[0], ph[1], after)
+			cancel()
+			if err != nil {
+				// The client reconnects with the last id it got.
+				s.log.Warn("inbox stream: replay failed", "err", err)
+				return err
+			}
+			evs := events(rows, ph[0], ph[1])
+			if len(rows) == replayPage {
+				// More may follow: the last is a row position too.
+				end := rows[len(rows)-1]
+				evs[len(evs)-1].pos = position{base: ph[0], row: true, upto: ph[1], xid: end.xid, id: end.n.ID}
+				after = &end
+			}
+			for _, ev := range evs {
+				out.event(ev)
+			}
+			if err := out.flush(); err != nil {
+				return err
+			}
+			if len(rows) < replayPage {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// pump writes what sb's channel brings, and a comment every heartbeat,
+// until the client is gone (gone closes), the hub drops sb or the server
+// stops. The hub feeds sb from its start snapshot on, which the replay
+// reached, so nothing is sent twice.
+func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 	beat := time.NewTicker(s.cfg.Heartbeat)
 	defer beat.Stop()
 	for {
 		select {
-		case <-r.Context().Done():
+		case <-gone:
 			return
 		case <-sb.dropped:
 			return
 		case <-s.stopped:
 			return
 		case <-beat.C:
-			_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.WriteDeadline))
-			if _, err := io.WriteString(w, ": heartbeat\n\n"); err != nil {
-				return
-			}
-		case evs := <-sb.ch:
+			out.buf = append(out.buf, ": heartbeat\n\n"...)
+		case <-sb.ready:
 			// Write what is queued, then flush once.
-			for more := true; more; {
+			for _, evs := range sb.take() {
 				for _, ev := range evs {
-					if err := emit(ev); err != nil {
-						return
-					}
-				}
-				select {
-				case evs = <-sb.ch:
-				default:
-					more = false
+					out.event(ev)
 				}
 			}
 		}
-		if err := rc.Flush(); err != nil {
+		if err := out.flush(); err != nil {
 			return
 		}
 	}
+}
+
+// sseOut is where a stream's bytes go: the connection taken over from
+// net/http, or (where that cannot be done) the ResponseWriter.
+type sseOut struct {
+	s    *Server
+	conn net.Conn // nil: w
+	// gone is closed when the client has closed the connection (conn only).
+	gone chan struct{}
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	// buf holds what the next flush writes, and counted what it holds.
+	buf           []byte
+	notifications int
+	counts        int
+}
+
+// takeOver sends the response head (w's header, status 200) and returns
+// the stream's output. Over HTTP/1 it hijacks the connection: the stream
+// then needs neither the handler's goroutine nor net/http's buffers, and
+// its body ends when the connection closes (Connection: close), which an
+// EventSource client expects of a stream anyway.
+func (s *Server) takeOver(w http.ResponseWriter) (*sseOut, error) {
+	rc := http.NewResponseController(w)
+	conn, rw, err := rc.Hijack()
+	if errors.Is(err, http.ErrNotSupported) {
+		w.WriteHeader(http.StatusOK)
+		return &sseOut{s: s, w: w, rc: rc}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	h := w.Header().Clone()
+	h.Set("Connection", "close")
+	h.Set("Date", time.Now().UTC().Format(http.TimeFormat))
+	var head bytes.Buffer
+	head.WriteString("HTTP/1.1 200 OK\r\n")
+	_ = h.Write(&head)
+	head.WriteString("\r\n")
+	out := &sseOut{s: s, conn: conn, gone: make(chan struct{}), buf: head.Bytes()}
+	// Bytes the client sent after its request (it has no reason to) are
+	// left unread in rw; a read that ends is the client closing.
+	_ = rw
+	go func() {
+		defer close(out.gone)
+		var b [1]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
+// event appends ev in SSE form.
+func (o *sseOut) event(ev event) {
+	o.buf = append(o.buf, "id: "...)
+	o.buf = append(o.buf, ev.pos.String()...)
+	o.buf = append(o.buf, "\nevent: "...)
+	o.buf = append(o.buf, ev.name...)
+	o.buf = append(o.buf, "\ndata: "...)
+	o.buf = append(o.buf, ev.data...)
+	o.buf = append(o.buf, "\n\n"...)
+	if ev.name == "counts" {
+		o.counts++
+	} else {
+		o.notifications++
+	}
+}
+
+// flush writes what buf holds, within the write deadline: a stalled client
+// frees the stream.
+func (o *sseOut) flush() error {
+	var err error
+	deadline := time.Now().Add(o.s.cfg.WriteDeadline)
+	if o.conn != nil {
+		_ = o.conn.SetWriteDeadline(deadline)
+		_, err = o.conn.Write(o.buf)
+	} else {
+		_ = o.rc.SetWriteDeadline(deadline)
+		if _, err = o.w.Write(o.buf); err == nil {
+			err = o.rc.Flush()
+		}
+	}
+	if err == nil {
+		o.s.metrics.events.WithLabelValues("notification").Add(float64(o.notifications))
+		o.s.metrics.events.WithLabelValues("counts").Add(float64(o.counts))
+	}
+	o.notifications, o.counts = 0, 0
+	// An idle stream keeps no large buffer.
+	if o.buf = o.buf[:0]; cap(o.buf) > 1024 {
+		o.buf = nil
+	}
+	return err
+}
+
+// close closes a taken-over connection and waits for its reader.
+func (o *sseOut) close() {
+	if o.conn == nil {
+		return
+	}
+	_ = o.conn.Close()
+	<-o.gone
 }
 
 // replayPage is how many missed rows one replay query reads.

@@ -215,7 +215,7 @@ func TestSlowStreamIsDropped(t *testing.T) {
 	if !dropped {
 		t.Fatal("a stream that reads nothing was not dropped")
 	}
-	if n := len(sb.ch); n != 2 {
+	if n := sb.pending(); n != 2 {
 		t.Fatalf("dropped stream holds %d batches, want its buffer of 2", n)
 	}
 	e.api.hub.mu.Lock()

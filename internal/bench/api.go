@@ -86,6 +86,7 @@ type APIResult struct {
 	Undelivered      int64     `json:"stream_rows_undelivered"`
 	IdleStreamKB     float64   `json:"memory_per_idle_stream_kb"`
 	IdleStreamGoKB   float64   `json:"memory_per_idle_stream_go_kb"`
+	IdleStreamGoGCKB float64   `json:"memory_per_idle_stream_go_kb_after_gc"`
 	IngestIdle       float64   `json:"ingest_msgs_per_sec_api_idle"`
 	IngestBusy       float64   `json:"ingest_msgs_per_sec_api_busy"`
 	IngestRatio      float64   `json:"ingest_ratio_api_busy_to_idle"`
@@ -207,7 +208,7 @@ func startServe(ctx context.Context, exe, url string) (*serveProc, error) {
 		return nil, err
 	}
 	cmd := exec.CommandContext(ctx, exe, "serve", "--api-addr", addr, "--metrics-addr", maddr,
-		"--database-url", url, "--log-level", "warn", "--db-max-conns", "16")
+		"--database-url", url, "--log-level", "warn", "--db-max-conns", "16", "--pprof")
 	cmd.Env = append(os.Environ(), "NOTIFYD_API_SECRET="+string(benchSecret))
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -251,8 +252,23 @@ func (p *serveProc) stop() {
 
 // goMemKB is the Go heap and stacks in use of the serve process, from its
 // /metrics: less noisy than its resident set, which moves with the
-// collector's pace.
-func (p *serveProc) goMemKB(ctx context.Context) (float64, error) {
+// collector's pace. With gc, serve first runs a full collection (its
+// /debug/pprof/heap?gc=1), so that the heap holds only live objects (and
+// the free space of their spans): stable from run to run, and no more
+// than what the process holds right after each of its own collections.
+func (p *serveProc) goMemKB(ctx context.Context, gc bool) (float64, error) {
+	if gc {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.metrics+"/debug/pprof/heap?gc=1", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return 0, fmt.Errorf("serve's /debug/pprof/heap: status %d", resp.StatusCode)
+		}
+	}
 	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+p.metrics+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -278,6 +294,20 @@ func (p *serveProc) goMemKB(ctx context.Context) (float64, error) {
 		return 0, errors.New("serve's /metrics lacks go_memstats_heap_inuse_bytes or go_memstats_stack_inuse_bytes")
 	}
 	return sum / 1024, sc.Err()
+}
+
+// weigh is the serve process's resident set, then its Go heap and stacks
+// as they are, then after a full collection (in that order: the forced
+// collection does not shrink the other two).
+func (p *serveProc) weigh(ctx context.Context) (rss, goNow, goGC float64, err error) {
+	if rss, err = rssKB(p.cmd.Process.Pid); err != nil {
+		return 0, 0, 0, err
+	}
+	if goNow, err = p.goMemKB(ctx, false); err != nil {
+		return 0, 0, 0, err
+	}
+	goGC, err = p.goMemKB(ctx, true)
+	return rss, goNow, goGC, err
 }
 
 func (p *serveProc) token(u uuid.UUID) string {
@@ -381,11 +411,7 @@ func rssKB(pid int) (float64, error) {
 func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *serveProc, store *postgres.Store, users []uuid.UUID) error {
 	n := min(cfg.Streams, len(users))
 	time.Sleep(3 * time.Second) // settle after the feed load, as after opening the streams
-	before, err := rssKB(srv.cmd.Process.Pid)
-	if err != nil {
-		return err
-	}
-	goBefore, err := srv.goMemKB(ctx)
+	before, goBefore, goGCBefore, err := srv.weigh(ctx)
 	if err != nil {
 		return err
 	}
@@ -452,16 +478,13 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 		return err
 	}
 	time.Sleep(3 * time.Second) // let the server settle before weighing it
-	after, err := rssKB(srv.cmd.Process.Pid)
+	after, goAfter, goGCAfter, err := srv.weigh(ctx)
 	if err != nil {
 		return err
 	}
 	res.IdleStreamKB = (after - before) / float64(n)
-	goAfter, err := srv.goMemKB(ctx)
-	if err != nil {
-		return err
-	}
 	res.IdleStreamGoKB = (goAfter - goBefore) / float64(n)
+	res.IdleStreamGoGCKB = (goGCAfter - goGCBefore) / float64(n)
 
 	// Rows for the streams' users, through the real write path, in
 	// transactions every 10 ms.

@@ -26,7 +26,7 @@ const (
 	DefaultShutdownTimeout  = 30 * time.Second
 	// DefaultWriters is chosen by measurement: see the README's
 	// performance section.
-	DefaultWriters = 2
+	DefaultWriters = 4
 )
 
 // Config configures a Pipeline. Zero fields mean the defaults. Validate

@@ -23,8 +23,10 @@ import (
 	"github.com/notifyd/notifyd/internal/retry"
 )
 
-// DefaultMaxConns is the pool size when Config.MaxConns is 0.
-const DefaultMaxConns = 4
+// DefaultMaxConns is the pool size when Config.MaxConns is 0: room for
+// the default writers (pipeline.DefaultWriters), each with a connection,
+// and for positions, readiness and the dead-letter relay beside them.
+const DefaultMaxConns = 6
 
 // Config configures a Store. The zero value uses the local server as libpq
 // finds it, with user postgres when none is given.

@@ -354,6 +354,7 @@ func openLoop(ctx context.Context, rate int, d time.Duration, f func(ctx context
 		if w := time.Until(at); w > 0 {
 			select {
 			case <-ctx.Done():
+				wg.Wait() // the requests in flight write into lat
 				return lat[:i], fails.Load()
 			case <-time.After(w):
 			}
@@ -361,7 +362,9 @@ func openLoop(ctx context.Context, rate int, d time.Duration, f func(ctx context
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := f(ctx, i); err != nil {
+			// A request cut off by the end of its phase is not the
+			// server's failure.
+			if err := f(ctx, i); err != nil && ctx.Err() == nil {
 				fails.Add(1)
 			}
 			lat[i] = float64(time.Since(at).Microseconds()) / 1000

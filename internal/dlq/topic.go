@@ -19,9 +19,9 @@ const HeaderRoom = 64 << 10
 
 // EnsureTopic creates the dead-letter topic unless it exists, with a
 // max.message.bytes no smaller than the input topic's plus HeaderRoom. An
-// existing topic is left as it is; if it takes smaller records than the
-// input topic, that is logged: larger letters are kept in
-// notifyd_dead_letters instead.
+// existing topic is left as it is; if it cannot take a letter of the
+// input topic's largest record (its limit plus HeaderRoom), that is
+// logged: larger letters are kept in notifyd_dead_letters instead.
 func EnsureTopic(ctx context.Context, adm *kadm.Client, log *slog.Logger, dlqTopic, inputTopic string, partitions int32) error {
 	input, err := maxMessageBytes(ctx, adm, inputTopic)
 	if err != nil && !errors.Is(err, kerr.UnknownTopicOrPartition) {
@@ -49,8 +49,8 @@ func EnsureTopic(ctx context.Context, adm *kadm.Client, log *slog.Logger, dlqTop
 		return fmt.Errorf("read max.message.bytes of %s: %w", dlqTopic, err)
 	}
 	if input > 0 && have < input+HeaderRoom {
-		log.Warn("the dead-letter topic takes smaller records than the input topic: larger dead letters are kept in the table notifyd_dead_letters",
-			"dlq_topic", dlqTopic, "max_message_bytes", have, "input_topic", inputTopic, "input_max_message_bytes", input)
+		log.Warn("the dead-letter topic cannot take a letter of the input topic's largest records (its max.message.bytes is below the input topic's plus room for the dead-letter headers): larger dead letters are kept in the table notifyd_dead_letters",
+			"dlq_topic", dlqTopic, "max_message_bytes", have, "input_topic", inputTopic, "input_max_message_bytes", input, "wanted", input+HeaderRoom)
 	}
 	return nil
 }

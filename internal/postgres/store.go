@@ -384,7 +384,7 @@ func isUniqueViolation(err error) bool {
 func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err error) {
 	pc, err := s.pool.Acquire(ctx)
 	if err != nil {
-		return res, fmt.Errorf("begin: %w", err)
+		return res, fmt.Errorf("acquire a connection: %w", err)
 	}
 	defer pc.Release()
 	conn := pc.Conn()
@@ -412,7 +412,10 @@ func (s *Store) write(ctx context.Context, b *Batch, m mode) (res Result, err er
 	br := conn.SendBatch(ctx, pipe)
 	if _, err := br.Exec(); err != nil {
 		_ = br.Close()
-		return res, fmt.Errorf("begin: %w", err)
+		// The server answers the pipeline's statements together: a wait
+		// for BEGIN's answer is the advance waiting (for an offset row's
+		// lock, say), so the error names both.
+		return res, fmt.Errorf("begin and advance offsets: %w", err)
 	}
 	moved, err := pgx.CollectRows(mustQuery(br), pgx.RowTo[int32])
 	if err != nil {

@@ -264,22 +264,33 @@ func (s *Store) preparePartitioning(ctx context.Context, conn *pgxpool.Conn) err
 		{"notifications_past_id_created_at", "UNIQUE INDEX %s notifications_past_id_created_at ON notifications (id, created_at)"},
 		{"notifications_upgrade_created_at", "INDEX %s notifications_upgrade_created_at ON notifications (created_at)"},
 	} {
-		var valid *bool
-		err := conn.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", ix.name).Scan(&valid)
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-		case err != nil:
+		if err := ensureIndex(ctx, conn, ix.name, how, "CREATE "+fmt.Sprintf(ix.def, how)); err != nil {
 			return err
-		case *valid:
-			continue
-		default:
-			if _, err := conn.Exec(ctx, "DROP INDEX "+how+" "+ix.name); err != nil {
-				return fmt.Errorf("drop invalid index %s: %w", ix.name, err)
-			}
 		}
-		if _, err := conn.Exec(ctx, "CREATE "+fmt.Sprintf(ix.def, how)); err != nil {
-			return fmt.Errorf("build index %s: %w", ix.name, err)
+	}
+	return nil
+}
+
+// ensureIndex builds the index name with create (its CREATE INDEX
+// statement) unless a valid one exists; an invalid one, left by a build
+// that was interrupted, is dropped first, how ("CONCURRENTLY" or "") as it
+// was built.
+func ensureIndex(ctx context.Context, conn *pgxpool.Conn, name, how, create string) error {
+	var valid *bool
+	err := conn.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name).Scan(&valid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return err
+	case *valid:
+		return nil
+	default:
+		if _, err := conn.Exec(ctx, "DROP INDEX "+how+" "+name); err != nil {
+			return fmt.Errorf("drop invalid index %s: %w", name, err)
 		}
+	}
+	if _, err := conn.Exec(ctx, create); err != nil {
+		return fmt.Errorf("build index %s: %w", name, err)
 	}
 	return nil
 }
@@ -339,21 +350,9 @@ func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) err
 	for _, part := range large {
 		for _, ix := range inboxIndexes {
 			name := pgx.Identifier{part + "_" + ix.suffix}.Sanitize()
-			var valid *bool
-			err := conn.QueryRow(ctx, "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name).Scan(&valid)
-			switch {
-			case errors.Is(err, pgx.ErrNoRows):
-			case err != nil:
+			if err := ensureIndex(ctx, conn, name, "CONCURRENTLY",
+				"CREATE INDEX CONCURRENTLY "+name+" ON "+pgx.Identifier{part}.Sanitize()+" "+ix.def); err != nil {
 				return err
-			case *valid:
-				continue
-			default:
-				if _, err := conn.Exec(ctx, "DROP INDEX CONCURRENTLY "+name); err != nil {
-					return fmt.Errorf("drop invalid index %s: %w", name, err)
-				}
-			}
-			if _, err := conn.Exec(ctx, "CREATE INDEX CONCURRENTLY "+name+" ON "+pgx.Identifier{part}.Sanitize()+" "+ix.def); err != nil {
-				return fmt.Errorf("build index %s: %w", name, err)
 			}
 		}
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -51,23 +50,20 @@ func TestServeReplicaStreamsRowsOfRun(t *testing.T) {
 		go func() {
 			defer resp.Body.Close()
 			defer close(ch)
-			sc := bufio.NewScanner(resp.Body)
-			name, started := "", false
-			for sc.Scan() {
-				l := sc.Text()
+			started := false
+			_ = api.ReadEvents(resp.Body, func(ev api.Event) error {
 				switch {
-				case strings.HasPrefix(l, "event: "):
-					name = l[7:]
-				case strings.HasPrefix(l, "data: ") && name == "counts" && !started:
+				case ev.Name == "counts" && !started:
 					started = true
 					close(ready)
-				case strings.HasPrefix(l, "data: ") && name == "notification":
+				case ev.Name == "notification":
 					var n api.Notification
-					if json.Unmarshal([]byte(l[6:]), &n) == nil {
+					if json.Unmarshal([]byte(ev.Data), &n) == nil {
 						ch <- n.Title
 					}
 				}
-			}
+				return nil
+			})
 		}()
 		select {
 		case <-ready:

@@ -1,7 +1,6 @@
 package api
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -205,29 +204,17 @@ func openStreamAt(t *testing.T, base string, user uuid.UUID, lastID string) *str
 	t.Cleanup(func() { resp.Body.Close() })
 	go func() {
 		defer close(s.events)
-		sc := bufio.NewScanner(resp.Body)
-		var ev sseEvent
-		for sc.Scan() {
-			l := sc.Text()
-			switch {
-			case l == "":
-				if ev.name != "" {
-					s.events <- ev
-				}
-				ev = sseEvent{}
-			case strings.HasPrefix(l, ":"):
+		_ = ReadEvents(resp.Body, func(ev Event) error {
+			if ev.Comment != "" {
 				select {
-				case s.lines <- l:
+				case s.lines <- ev.Comment:
 				default:
 				}
-			case strings.HasPrefix(l, "id: "):
-				ev.id = l[4:]
-			case strings.HasPrefix(l, "event: "):
-				ev.name = l[7:]
-			case strings.HasPrefix(l, "data: "):
-				ev.data = l[6:]
+				return nil
 			}
-		}
+			s.events <- sseEvent{id: ev.ID, name: ev.Name, data: ev.Data}
+			return nil
+		})
 	}()
 	return s
 }

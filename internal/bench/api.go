@@ -448,32 +448,27 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 				openErr.Store(fmt.Errorf("stream: status %d", resp.StatusCode))
 				return
 			}
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 4096), 1<<20)
-			name := ""
-			for sc.Scan() {
-				l := sc.Text()
+			_ = api.ReadEvents(resp.Body, func(ev api.Event) error {
 				switch {
-				case strings.HasPrefix(l, "event: "):
-					name = l[7:]
-				case strings.HasPrefix(l, "data: ") && name == "counts" && !started:
+				case ev.Name == "counts" && !started:
 					started = true
 					ready.Done()
-				case strings.HasPrefix(l, "data: ") && name == "notification":
-					var ev struct {
+				case ev.Name == "notification":
+					var n struct {
 						Data struct {
 							T int64 `json:"t"`
 						} `json:"data"`
 					}
-					if json.Unmarshal([]byte(l[6:]), &ev) == nil && ev.Data.T > 0 {
-						ms := float64(time.Now().UnixNano()-ev.Data.T) / 1e6
+					if json.Unmarshal([]byte(ev.Data), &n) == nil && n.Data.T > 0 {
+						ms := float64(time.Now().UnixNano()-n.Data.T) / 1e6
 						mu.Lock()
 						lat = append(lat, ms)
 						mu.Unlock()
 						delivered.Add(1)
 					}
 				}
-			}
+				return nil
+			})
 		}(users[i])
 	}
 	ready.Wait()

@@ -152,6 +152,7 @@ func listenAPI(addr string) (net.Listener, error) {
 func startAPI(ctx context.Context, g *errgroup.Group, ln net.Listener, db postgres.Config, f apiFlags, log *slog.Logger, reg prometheus.Registerer) error {
 	// Its own pool: a burst of API requests must not take the connections
 	// the write path needs.
+	db.Params = api.SessionParams
 	pool, err := postgres.Open(ctx, db)
 	if err != nil {
 		return err

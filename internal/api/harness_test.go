@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/notifyd/notifyd/internal/notification"
@@ -26,7 +25,7 @@ var testSecret = []byte("test-secret-of-thirty-two-bytes!")
 
 // env is one migrated schema with the real write path and an API server.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	url   string
 	store *postgres.Store
 	api   *Server
@@ -36,19 +35,20 @@ type env struct {
 
 // newEnv migrates a fresh schema and starts an API server on it; apiURL,
 // when not empty, is the connection string the API uses (a proxy).
-func newEnv(t *testing.T, cfg Config, apiURL string) *env {
+func newEnv(t testing.TB, cfg Config, apiURL string) *env {
 	t.Helper()
 	return newEnvOn(t, pgtest.Schema(t), cfg, apiURL)
 }
 
 // startAPI starts a Server (its hub included) on the schema of url.
-func startAPI(t *testing.T, cfg Config, url string) (*Server, *httptest.Server, *prometheus.Registry) {
+func startAPI(t testing.TB, cfg Config, url string) (*Server, *httptest.Server, *prometheus.Registry) {
 	t.Helper()
-	pool, err := pgxpool.New(context.Background(), url)
+	store, err := postgres.Open(context.Background(), postgres.Config{URL: url, Params: SessionParams})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
+	t.Cleanup(store.Close)
+	pool := store.Pool()
 	if cfg.Secret == nil {
 		cfg.Secret = testSecret
 	}
@@ -184,7 +184,7 @@ func (e *env) openStream(user uuid.UUID, lastID string) *stream {
 	return openStreamAt(e.t, e.http.URL, user, lastID)
 }
 
-func openStreamAt(t *testing.T, base string, user uuid.UUID, lastID string) *stream {
+func openStreamAt(t testing.TB, base string, user uuid.UUID, lastID string) *stream {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+"/v1/inbox/stream", nil)
 	req.Header.Set("Authorization", "Bearer "+token(t, user))
@@ -290,7 +290,7 @@ func schemaFor(t *testing.T) string { return pgtest.Schema(t) }
 func proxied(t *testing.T, url string) (*pgtest.Proxy, string) { return pgtest.Proxied(t, url) }
 
 // newEnvOn is newEnv on an existing schema url, the API connecting by apiURL.
-func newEnvOn(t *testing.T, url string, cfg Config, apiURL string) *env {
+func newEnvOn(t testing.TB, url string, cfg Config, apiURL string) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := postgres.Open(ctx, postgres.Config{URL: url})

@@ -99,6 +99,19 @@ func loadMarks(ctx context.Context, q pgx.Tx, user uuid.UUID) (marks, error) {
 	return m, nil
 }
 
+// SessionParams are the run-time parameters of the API's connections.
+//
+// plan_cache_mode: every statement of the API reads a user's rows in every
+// partition (a user's rows are not partitioned by user), so that a plan
+// covers each partition and planning it opens each partition's indexes.
+// Left to choose, PostgreSQL kept planning the statements that take an
+// array of ids or a snapshot afresh at every execution (the generic plan's
+// estimate for an array of unknown length looks worse), and planning was
+// about half of the database's time of a mark-read over 39 daily
+// partitions. A generic plan is made once per connection and statement;
+// partitions a parameter rules out are still skipped, at run time.
+var SessionParams = map[string]string{"plan_cache_mode": "force_generic_plan"}
+
 // query builds a statement and its arguments together.
 type query struct {
 	sql  strings.Builder
@@ -106,6 +119,18 @@ type query struct {
 }
 
 func (q *query) arg(v any) string {
+	// pgx encodes a uuid.UUID through its driver.Valuer, as text that the
+	// server parses again; [16]byte is sent as it is.
+	switch u := v.(type) {
+	case uuid.UUID:
+		v = [16]byte(u)
+	case []uuid.UUID:
+		b := make([][16]byte, len(u))
+		for i := range u {
+			b[i] = u[i]
+		}
+		v = b
+	}
 	q.args = append(q.args, v)
 	return "$" + strconv.Itoa(len(q.args))
 }
@@ -638,11 +663,17 @@ func (s *Server) changeIDs(ctx context.Context, tx querier, user uuid.UUID, m ma
 		newAt, want = "now()", "IS NULL"
 	}
 	// Only the caller's own rows are looked up, so another user's ids are
-	// ignored like unknown ones.
+	// ignored like unknown ones. The ids are looked up alone, behind OFFSET
+	// 0 (which keeps the user's condition out of that scan): each
+	// partition then probes its primary key for the ids, where with both
+	// conditions together the planner ANDed the primary key with the
+	// user's index in every partition, about a fifth more of the database's
+	// time of a mark-read.
 	q.add(`INSERT INTO notifyd_inbox_state AS x (user_id, notification_id, created_at, `, col, `_at, `, col, `_version)
 SELECT `, u, `, t.id, t.created_at, `, newAt, `, `, q.arg(m.version), `
-FROM (SELECT DISTINCT ON (n.id) n.id, n.created_at, n.commit_xid FROM notifications n
-      WHERE n.user_id = `, u, ` AND n.id = ANY(`, q.arg(ids), `) ORDER BY n.id, n.created_at DESC) t
+FROM (SELECT DISTINCT ON (n.id) n.id, n.created_at, n.commit_xid
+      FROM (SELECT n.id, n.created_at, n.commit_xid, n.user_id FROM notifications n WHERE n.id = ANY(`, q.arg(ids), `) OFFSET 0) n
+      WHERE n.user_id = `, u, ` ORDER BY n.id, n.created_at DESC) t
 LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = t.id
 WHERE `, eff, ` `, want, `
 ON CONFLICT (user_id, notification_id) DO UPDATE SET `, col, `_at = EXCLUDED.`, col, `_at, `, col, `_version = EXCLUDED.`, col, `_version`)

@@ -119,14 +119,11 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 	}
 	defer adm.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
 	url := withSearchPath(adm.Pool().Config().ConnConfig, schema)
-	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 8})
+	store, err := openWithHistory(ctx, url, apiHistorySpan)
 	if err != nil {
 		return nil, err
 	}
 	defer store.Close()
-	if _, err := store.Migrate(ctx); err != nil {
-		return nil, err
-	}
 
 	users := make([]uuid.UUID, cfg.Users)
 	for i := range users {
@@ -160,7 +157,38 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 	return res, nil
 }
 
-// loadAPIHistory COPYs n rows for users, created over the last 28 days, in
+// apiHistorySpan is how far back the history of APIConfig.History reaches.
+const apiHistorySpan = 28 * 24 * time.Hour
+
+// openWithHistory migrates the schema of url as a database that has run
+// for span would be, with a partition for each day of it (migrated with
+// the clock set back, then maintained to today and ahead), and opens it.
+func openWithHistory(ctx context.Context, url string, span time.Duration) (*postgres.Store, error) {
+	back := time.Now().Add(-span - 24*time.Hour)
+	early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
+	if err != nil {
+		return nil, err
+	}
+	_, err = early.Migrate(ctx)
+	early.Close()
+	if err != nil {
+		return nil, err
+	}
+	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 8})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := store.Migrate(ctx); err == nil {
+		_, err = store.Maintain(ctx)
+	}
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	return store, nil
+}
+
+// loadAPIHistory COPYs n rows for users, created over apiHistorySpan, in
 // transactions of 100,000 rows (each row's commit_xid is its
 // transaction's, as for rows notifyd writes), then vacuums the table.
 func loadAPIHistory(ctx context.Context, store *postgres.Store, users []uuid.UUID, n int) error {
@@ -173,7 +201,7 @@ func loadAPIHistory(ctx context.Context, store *postgres.Store, users []uuid.UUI
 		m := min(chunk, n-done)
 		src := make([][]any, m)
 		for i := range src {
-			at := now.Add(-time.Duration(rng.Int64N(int64(28 * 24 * time.Hour))))
+			at := now.Add(-time.Duration(rng.Int64N(int64(apiHistorySpan))))
 			src[i] = []any{[16]byte(uuid.New()), [16]byte(users[rng.IntN(len(users))]), "bench.history",
 				"Someone commented on your post", "A body of a typical length for an in-app notification.",
 				`{"post": 1}`, pgtype.Timestamptz{Time: at, Valid: true}}

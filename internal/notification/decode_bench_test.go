@@ -40,6 +40,8 @@ package notification
 import (
 	"testing"
 	"time"
+
+	"github.com/notifyd/notifyd/internal/loadgen"
 )
 
 // benchMessages are realistic record values, 300 to 1500 bytes: a bare
@@ -109,5 +111,34 @@ func BenchmarkDecode(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// loadgenValues are 1,000 messages of the benchmark's load generator (what
+// notifyd bench drains): ASCII text with names and words of other scripts
+// among it.
+func loadgenValues(b *testing.B) (values [][]byte, size int64) {
+	gen := loadgen.New(1, 0)
+	for range 1000 {
+		v, _ := gen.Next()
+		values = append(values, v)
+		size += int64(len(v))
+	}
+	return values, size / int64(len(values))
+}
+
+// BenchmarkDecodeLoadgen measures DecodeShared on loadgenValues, as the
+// pipeline decodes.
+func BenchmarkDecodeLoadgen(b *testing.B) {
+	values, size := loadgenValues(b)
+	src := Source{Topic: "notifications", Partition: 3, Offset: 1234567, Timestamp: time.Unix(1741944413, 589793238)}
+	b.ReportAllocs()
+	b.SetBytes(size)
+	i := 0
+	for b.Loop() {
+		if _, err := DecodeShared(values[i%len(values)], src, Limits{}); err != nil {
+			b.Fatal(err)
+		}
+		i++
 	}
 }

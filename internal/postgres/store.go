@@ -49,6 +49,10 @@ type Config struct {
 	// Now is the clock of partition maintenance and retention; nil means
 	// time.Now.
 	Now func() time.Time
+	// Params are run-time parameters set on every connection of the pool
+	// (the inbox API's pool sets api.SessionParams), unless the URL sets
+	// the same parameter itself.
+	Params map[string]string
 }
 
 // Defaults of Config.
@@ -101,6 +105,11 @@ func (c Config) poolConfig() (*pgxpool.Config, error) {
 		pc.MaxConns = DefaultMaxConns
 	}
 	pc.ConnConfig.ConnectTimeout = 5 * time.Second
+	for k, v := range c.Params {
+		if _, set := pc.ConnConfig.RuntimeParams[k]; !set {
+			pc.ConnConfig.RuntimeParams[k] = v
+		}
+	}
 	return pc, nil
 }
 

@@ -837,3 +837,45 @@ func TestAllRefusedBatchIsolatedInConstantRoundTrips(t *testing.T) {
 		t.Fatalf("dead letters: got %d, want 2510", got)
 	}
 }
+
+// TestParamsAreSetOnEveryConnectionUnlessTheURLSetsThem: Config.Params
+// reach the server on every connection of the pool, and a parameter the
+// connection string sets itself is left as it says.
+func TestParamsAreSetOnEveryConnectionUnlessTheURLSetsThem(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Schema(t)
+	show := func(st *Store, name string) string {
+		t.Helper()
+		var v string
+		if err := st.Pool().QueryRow(ctx, "SELECT current_setting($1)", name).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	params := map[string]string{"plan_cache_mode": "force_generic_plan", "application_name": "from-params"}
+	withName := url + " application_name=from-url"
+	if strings.Contains(url, "://") { // pgtest.Schema's URL has a query already
+		withName = url + "&application_name=from-url"
+	}
+	st, err := Open(ctx, Config{URL: withName, Params: params, MaxConns: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	// Two connections at once: both were set up with the parameters.
+	c1, err := st.Pool().Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Release()
+	if got := show(st, "plan_cache_mode"); got != "force_generic_plan" {
+		t.Errorf("plan_cache_mode = %q, want force_generic_plan", got)
+	}
+	if got := show(st, "application_name"); got != "from-url" {
+		t.Errorf("application_name = %q, want the URL's from-url", got)
+	}
+	var v string
+	if err := c1.QueryRow(ctx, "SHOW plan_cache_mode").Scan(&v); err != nil || v != "force_generic_plan" {
+		t.Errorf("first connection: plan_cache_mode = %q (%v), want force_generic_plan", v, err)
+	}
+}

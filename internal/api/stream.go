@@ -47,6 +47,11 @@ type sub struct {
 	// start receives the snapshot from which the hub feeds ch.
 	start   chan snapshot
 	dropped chan struct{}
+	// counts is the data of the last counts event handed to the stream,
+	// guarded by hub.mu: counts are sent when they change (SPEC §6), and
+	// the counter's rounds for a user whose counts came out the same send
+	// nothing.
+	counts []byte
 }
 
 // hub feeds the open streams of this process. docs/architecture.md
@@ -310,7 +315,13 @@ func (h *hub) poll(ctx context.Context) error {
 	var rows []streamRow
 	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
 		var text string
-		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text`).Scan(&text); err != nil {
+		// A custom plan for the poll, in this transaction only (the API's
+		// connections default to generic plans, SessionParams): with its
+		// actual bound, the planner reads the few rows committed since
+		// through each partition's commit_xid index; the generic plan
+		// probed every partition for each user with an open stream, and
+		// delivery fell behind by most of a second.
+		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text, set_config('plan_cache_mode', 'force_custom_plan', true)`).Scan(&text, nil); err != nil {
 			return err
 		}
 		var err error
@@ -471,6 +482,10 @@ func (h *hub) countRound(ctx context.Context, users []uuid.UUID) error {
 		data, _ := json.Marshal(counts[u])
 		ev := []event{{name: "counts", pos: pos, data: data}}
 		for sb := range h.active[u] {
+			if bytes.Equal(sb.counts, data) {
+				continue
+			}
+			sb.counts = data
 			h.send(sb, ev)
 		}
 	}

@@ -178,7 +178,8 @@ func openWithHistory(ctx context.Context, url string, span time.Duration) (*post
 	if err != nil {
 		return nil, err
 	}
-	if _, err := store.Migrate(ctx); err == nil {
+	_, err = store.Migrate(ctx)
+	if err == nil {
 		_, err = store.Maintain(ctx)
 	}
 	if err != nil {

@@ -210,8 +210,9 @@ func sleep(ctx context.Context, d time.Duration) bool {
 }
 
 // listen keeps a connection LISTENing and pokes the hub on each
-// notification, and after each reconnection (notifications may have been
-// missed meanwhile).
+// notification; after each (re)connection it pokes the hub and has the
+// counter count every open stream's user again (notifications may have
+// been missed meanwhile).
 func (h *hub) listen(ctx context.Context) {
 	failures := 0
 	for ctx.Err() == nil {
@@ -242,7 +243,17 @@ func (h *hub) listenOnce(ctx context.Context, connected func()) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	connected()
+	// Rows or read state may have changed while nothing listened (before
+	// the first connection too: a stream can open before it): the poll
+	// finds the rows, and every open stream's user is counted again.
 	h.poke()
+	h.mu.Lock()
+	users := make([]uuid.UUID, 0, len(h.active))
+	for u := range h.active {
+		users = append(users, u)
+	}
+	h.mu.Unlock()
+	h.markDue(users)
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -252,5 +253,39 @@ func TestStreamSendsCountsWhenReadStateChanges(t *testing.T) {
 	e.do(user, "POST", "/v1/inbox/read", map[string]bool{"all": true}, nil)
 	if ev := s.next(t, "counts", 5*time.Second); ev.data != `{"unread":0,"unseen":2,"capped":false}` {
 		t.Fatalf("counts after read all %s", ev.data)
+	}
+}
+
+// Read state changed while a replica could not listen (its database
+// connection cut) reaches that replica's streams as fresh counts once it
+// is back: the notifications sent meanwhile are lost, so the replica
+// counts its streams' users again when it listens again.
+func TestStreamCountsReadStateChangedWhileNotListening(t *testing.T) {
+	url := schemaFor(t)
+	proxy, purl := proxied(t, url)
+	e := newEnvOn(t, url, Config{QueryTimeout: time.Second, PollInterval: 100 * time.Millisecond}, purl)
+	_, direct, _ := startAPI(t, Config{}, url)
+	user := uuid.New()
+	e.write(row(user, time.Now(), "x"), row(user, time.Now(), "y"))
+	s := e.openStream(user, "")
+	if ev := s.next(t, "counts", 5*time.Second); ev.data != `{"unread":2,"unseen":2,"capped":false}` {
+		t.Fatalf("first counts %s", ev.data)
+	}
+	proxy.Cut()
+	time.Sleep(300 * time.Millisecond)
+	req, _ := http.NewRequest("POST", direct.URL+"/v1/inbox/read", strings.NewReader(`{"all": true}`))
+	req.Header.Set("Authorization", "Bearer "+token(t, user))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("read all through the other replica: status %d", resp.StatusCode)
+	}
+	time.Sleep(300 * time.Millisecond)
+	proxy.Restore()
+	if ev := s.next(t, "counts", 15*time.Second); ev.data != `{"unread":0,"unseen":2,"capped":false}` {
+		t.Fatalf("counts after the outage %s", ev.data)
 	}
 }

@@ -25,7 +25,7 @@ run: postgres
 	@echo "compiling notifyd into bin/ (the first build compiles every dependency: a minute or two)" >&2
 	@$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/notifyd ./cmd/notifyd
 	@echo "Inbox demo page: http://$(API_ADDR)/#token=$$($(BIN)/notifyd token --user $(DEV_USER) --api-secret $(DEV_SECRET) --ttl 24h)"
-	@echo "Send $(DEV_USER) a notification: echo '{\"user_id\":\"$(DEV_USER)\",\"event_type\":\"demo\",\"title\":\"Hello\",\"body\":\"It works\"}' | kcat -P -b 127.0.0.1:9092 -t notifications"
+	@echo "Send $(DEV_USER) a notification, from another terminal: bin/notifyd produce --count 1 --user $(DEV_USER)"
 	@exec $(BIN)/notifyd run --api-addr $(API_ADDR) --api-secret $(DEV_SECRET) $(RUN_ARGS)
 
 # The whole suite, against the real local PostgreSQL, with the race

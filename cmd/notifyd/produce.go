@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/notifyd/notifyd/internal/loadgen"
@@ -23,6 +24,7 @@ type produceCmd struct {
 	Duration time.Duration `name:"duration" help:"How long to send; 0 means until --count is reached." default:"0"`
 	Invalid  float64       `name:"invalid" help:"Share of invalid messages, 0 to 1 (half fail to decode, half fail validation)." default:"0"`
 	Users    int           `name:"users" help:"Distinct recipients." default:"10000"`
+	User     string        `name:"user" help:"Send every message to this user (a UUID), such as the development user whose token 'make run' prints; overrides --users."`
 	Seed     uint64        `name:"seed" help:"Random seed; the same seed makes the same messages (and ids, which notifyd then skips as duplicates). 0 picks a new one." default:"0"`
 	Quiet    bool          `name:"quiet" help:"No progress line."`
 	kafkaAuthFlags
@@ -35,7 +37,8 @@ Unicode; optionally a share of invalid ones.
 Examples:
   notifyd produce --count 100000                 # as fast as possible
   notifyd produce --rate 1000 --duration 30s     # steady load
-  notifyd produce --count 1000 --invalid 0.05    # 5 % bad messages`
+  notifyd produce --count 1000 --invalid 0.05    # 5 % bad messages
+  notifyd produce --count 1 --user 6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11   # one for make run's demo user`
 }
 
 func (c *produceCmd) validate() error {
@@ -57,6 +60,11 @@ func (c *produceCmd) validate() error {
 	}
 	if c.Users < 1 {
 		errs = append(errs, fmt.Errorf("--users: must be at least 1, got %d", c.Users))
+	}
+	if c.User != "" {
+		if _, err := uuid.Parse(c.User); err != nil {
+			errs = append(errs, fmt.Errorf("--user: want a UUID, got %q", c.User))
+		}
 	}
 	if c.Topic == "" {
 		errs = append(errs, errors.New("--topic: must not be empty"))
@@ -103,6 +111,9 @@ func (c *produceCmd) Run(ctx context.Context) error {
 		seed = rand.Uint64()
 	}
 	gen := loadgen.New(seed, c.Users)
+	if c.User != "" {
+		gen = loadgen.NewFor(seed, []uuid.UUID{uuid.MustParse(c.User)})
+	}
 	gen.InvalidShare = c.Invalid
 
 	var sent, acked, failed, invalid atomic.Int64

@@ -241,3 +241,44 @@ func TestProduceStopsAtTheFirstSignalWhenTheBrokerIsGone(t *testing.T) {
 		t.Fatalf("exit code %d, want %d saying what was not acknowledged:\n%s", code, exitFailure, d.out.tail(10))
 	}
 }
+
+// TestProduceToOneUser sends with --user: every message is for that user,
+// and a --user that is not a UUID is refused, named.
+func TestProduceToOneUser(t *testing.T) {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "notifications"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	brokers := strings.Join(c.ListenAddrs(), ",")
+	const user = "6f1c2a4e-8d3b-4c1a-9e2f-0b7d5a3c9e11"
+	if code, _, stderr := runBinary(t, childEnv(), 30*time.Second, "produce", "--count", "20", "--user", user, "--brokers", brokers, "--quiet"); code != 0 {
+		t.Fatalf("exit code %d:\n%s", code, stderr)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("notifications"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	got := 0
+	for got < 20 && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			var m struct {
+				UserID string `json:"user_id"`
+			}
+			if err := json.Unmarshal(r.Value, &m); err != nil || m.UserID != user {
+				t.Errorf("record for user %q (%v), want %s: %s", m.UserID, err, user, r.Value)
+			}
+			got++
+		})
+	}
+	if got != 20 {
+		t.Fatalf("read %d records, want 20", got)
+	}
+	code, _, stderr := runBinary(t, childEnv(), 30*time.Second, "produce", "--count", "1", "--user", "not-a-uuid", "--brokers", brokers)
+	if code == 0 || !strings.Contains(stderr, "--user") {
+		t.Fatalf("exit code %d, want a refusal naming --user:\n%s", code, stderr)
+	}
+}

@@ -48,6 +48,14 @@ func New(seed uint64, users int) *Generator {
 	return g
 }
 
+// NewFor returns a generator, seeded like New, whose messages all go to
+// users (at least one).
+func NewFor(seed uint64, users []uuid.UUID) *Generator {
+	g := New(seed, 1)
+	g.users = append([]uuid.UUID(nil), users...)
+	return g
+}
+
 var (
 	eventTypes = []string{"comment.created", "comment.reply", "mention", "follow.new", "order:shipped",
 		"order:delivered", "invoice.paid", "security.login_new_device", "friend-request", "system.maintenance"}

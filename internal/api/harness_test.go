@@ -98,6 +98,12 @@ func token(t testing.TB, user uuid.UUID) string {
 // the JSON answer into out (when not nil); it returns the status code.
 func (e *env) do(user uuid.UUID, method, path string, body any, out any) int {
 	e.t.Helper()
+	return doAt(e.t, e.http.URL, user, method, path, body, out)
+}
+
+// doAt is env.do against the API server at base.
+func doAt(t testing.TB, base string, user uuid.UUID, method, path string, body any, out any) int {
+	t.Helper()
 	var rd io.Reader
 	switch b := body.(type) {
 	case nil:
@@ -107,22 +113,22 @@ func (e *env) do(user uuid.UUID, method, path string, body any, out any) int {
 		j, _ := json.Marshal(b)
 		rd = bytes.NewReader(j)
 	}
-	req, _ := http.NewRequest(method, e.http.URL+path, rd)
+	req, _ := http.NewRequest(method, base+path, rd)
 	if user != uuid.Nil {
-		req.Header.Set("Authorization", "Bearer "+token(e.t, user))
+		req.Header.Set("Authorization", "Bearer "+token(t, user))
 	}
 	if rd != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	if out != nil {
 		if err := json.Unmarshal(b, out); err != nil {
-			e.t.Fatalf("%s %s: %d, body %q: %v", method, path, resp.StatusCode, b, err)
+			t.Fatalf("%s %s: %d, body %q: %v", method, path, resp.StatusCode, b, err)
 		}
 	}
 	return resp.StatusCode

@@ -248,10 +248,7 @@ func (h *hub) listenOnce(ctx context.Context, connected func()) error {
 	// finds the rows, and every open stream's user is counted again.
 	h.poke()
 	h.mu.Lock()
-	users := make([]uuid.UUID, 0, len(h.active))
-	for u := range h.active {
-		users = append(users, u)
-	}
+	users := h.activeUsers()
 	h.mu.Unlock()
 	h.markDue(users)
 	for {
@@ -308,16 +305,22 @@ func events(rows []streamRow, base, upto snapshot) []event {
 	return evs
 }
 
+// activeUsers lists the users with open streams; h.mu must be held.
+func (h *hub) activeUsers() []uuid.UUID {
+	users := make([]uuid.UUID, 0, len(h.active))
+	for u := range h.active {
+		users = append(users, u)
+	}
+	return users
+}
+
 // poll reads, in one snapshot, that snapshot and the rows of the users with
 // open streams that it shows and the previous one did not, then hands them
 // on. See docs/architecture.md.
 func (h *hub) poll(ctx context.Context) error {
 	h.mu.Lock()
 	prev, started := h.snap, h.started
-	users := make([]uuid.UUID, 0, len(h.active))
-	for u := range h.active {
-		users = append(users, u)
-	}
+	users := h.activeUsers()
 	h.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)

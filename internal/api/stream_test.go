@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -273,15 +272,8 @@ func TestStreamCountsReadStateChangedWhileNotListening(t *testing.T) {
 	}
 	proxy.Cut()
 	time.Sleep(300 * time.Millisecond)
-	req, _ := http.NewRequest("POST", direct.URL+"/v1/inbox/read", strings.NewReader(`{"all": true}`))
-	req.Header.Set("Authorization", "Bearer "+token(t, user))
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("read all through the other replica: status %d", resp.StatusCode)
+	if code := doAt(t, direct.URL, user, "POST", "/v1/inbox/read", map[string]bool{"all": true}, nil); code != 200 {
+		t.Fatalf("read all through the other replica: status %d", code)
 	}
 	time.Sleep(300 * time.Millisecond)
 	proxy.Restore()

@@ -119,7 +119,7 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 	}
 	defer adm.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
 	url := withSearchPath(adm.Pool().Config().ConnConfig, schema)
-	store, err := openWithHistory(ctx, url, apiHistorySpan)
+	store, err := openWithHistory(ctx, url, apiHistorySpan, 8)
 	if err != nil {
 		return nil, err
 	}
@@ -162,19 +162,23 @@ const apiHistorySpan = 28 * 24 * time.Hour
 
 // openWithHistory migrates the schema of url as a database that has run
 // for span would be, with a partition for each day of it (migrated with
-// the clock set back, then maintained to today and ahead), and opens it.
-func openWithHistory(ctx context.Context, url string, span time.Duration) (*postgres.Store, error) {
-	back := time.Now().Add(-span - 24*time.Hour)
-	early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
-	if err != nil {
-		return nil, err
+// the clock set back, so that the fresh table's regular partitions start
+// there; span 0 skips that), maintains it to today and ahead, and opens it
+// with a pool of maxConns (0: the default).
+func openWithHistory(ctx context.Context, url string, span time.Duration, maxConns int32) (*postgres.Store, error) {
+	if span > 0 {
+		back := time.Now().Add(-span - 24*time.Hour)
+		early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
+		if err != nil {
+			return nil, err
+		}
+		_, err = early.Migrate(ctx)
+		early.Close()
+		if err != nil {
+			return nil, err
+		}
 	}
-	_, err = early.Migrate(ctx)
-	early.Close()
-	if err != nil {
-		return nil, err
-	}
-	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 8})
+	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: maxConns})
 	if err != nil {
 		return nil, err
 	}

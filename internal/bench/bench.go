@@ -155,32 +155,15 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer admin.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
 	url := withSearchPath(admin.Pool().Config().ConnConfig, schema)
+	var span time.Duration
 	if cfg.History > 0 {
-		// Partitions from the start of the history on, as a database that
-		// has run that long has them: migrated with the clock set back, the
-		// fresh table's regular partitions start there.
-		back := time.Now().Add(-HistorySpan - 24*time.Hour)
-		early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
-		if err != nil {
-			return nil, err
-		}
-		_, err = early.Migrate(ctx)
-		early.Close()
-		if err != nil {
-			return nil, err
-		}
+		span = HistorySpan
 	}
-	store, err := postgres.Open(ctx, postgres.Config{URL: url})
+	store, err := openWithHistory(ctx, url, span, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer store.Close()
-	if _, err := store.Migrate(ctx); err != nil {
-		return nil, err
-	}
-	if _, err := store.Maintain(ctx); err != nil {
-		return nil, err
-	}
 
 	brokers := cfg.Brokers
 	if len(brokers) == 0 {

@@ -106,8 +106,8 @@ func loadMarks(ctx context.Context, q pgx.Tx, user uuid.UUID) (marks, error) {
 // opens every partition and its indexes. Left to choose, PostgreSQL planned
 // the statements that take ids, a snapshot or a cursor afresh at every
 // execution; over 39 daily partitions and 5M rows (bench --api) that was
-// about half of a mark-read's database time, and at 500 feed and counts
-// requests a second it took their p95 from about 10 ms to over 100 ms.
+// a large part of a mark-read's database time, and at 500 feed and counts
+// requests a second it took their p95 over 100 ms.
 // Their generic plans are as good for any user. The stream's poll is the
 // exception: its plan depends on how recent its snapshot bound is, and it
 // asks for a custom plan in its own transaction (hub.poll).
@@ -668,8 +668,7 @@ func (s *Server) changeIDs(ctx context.Context, tx querier, user uuid.UUID, m ma
 	// 0 (which keeps the user's condition out of that scan): each
 	// partition then probes its primary key for the ids, where with both
 	// conditions together the planner ANDed the primary key with the
-	// user's index in every partition, about a fifth more of the database's
-	// time of a mark-read.
+	// user's index in every partition, which cost the database more.
 	q.add(`INSERT INTO notifyd_inbox_state AS x (user_id, notification_id, created_at, `, col, `_at, `, col, `_version)
 SELECT `, u, `, t.id, t.created_at, `, newAt, `, `, q.arg(m.version), `
 FROM (SELECT DISTINCT ON (n.id) n.id, n.created_at, n.commit_xid

@@ -334,7 +334,7 @@ func (h *hub) poll(ctx context.Context) error {
 		// actual bound, the planner reads the few rows committed since
 		// through each partition's commit_xid index; the generic plan
 		// probed every partition for each user with an open stream, and
-		// delivery fell behind by most of a second.
+		// delivery fell far behind.
 		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text, set_config('plan_cache_mode', 'force_custom_plan', true)`).Scan(&text, nil); err != nil {
 			return err
 		}

@@ -485,6 +485,11 @@ func TestOpenAPIDescribesEveryRoute(t *testing.T) {
 func TestRowsFromBeforeTheMigration(t *testing.T) {
 	e := newEnv(t, Config{}, "")
 	user := uuid.New()
+	// Migration 0005 leaves the partitions that hold such rows without
+	// their committed check; the rows of a day ago go to this one.
+	if _, err := e.store.Pool().Exec(context.Background(), `ALTER TABLE notifications_past DROP CONSTRAINT notifyd_committed`); err != nil {
+		t.Fatal(err)
+	}
 	var old []string
 	for i := range 3 {
 		id := uuid.New()

@@ -36,6 +36,7 @@ type migration struct {
 var preSteps = map[int]func(s *Store, ctx context.Context, conn *pgxpool.Conn) error{
 	2: (*Store).preparePartitioning,
 	3: (*Store).prepareInboxIndexes,
+	5: (*Store).prepareCommittedChecks,
 }
 
 func migrations() ([]migration, error) {
@@ -354,6 +355,80 @@ func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) err
 				"CREATE INDEX CONCURRENTLY "+name+" ON "+pgx.Identifier{part}.Sanitize()+" "+ix.def); err != nil {
 				return err
 			}
+		}
+	}
+	return nil
+}
+
+// prepareCommittedChecks gives every partition of notifications whose rows
+// all have a commit_xid the constraint committedCheck, one partition at a
+// time and without holding writers: the constraint is added NOT VALID (a
+// catalog change under the partition's ACCESS EXCLUSIVE lock, waited for at
+// most maintenanceLockTimeout and tried again), then validated, which scans
+// the partition under a SHARE UPDATE EXCLUSIVE lock that writers do not
+// wait for. Where validation finds rows written before migration 0003
+// (after an upgrade, notifications_past, or partitions written at schema
+// 2), the constraint is dropped again and the planner keeps scanning that
+// partition for them. A run killed halfway leaves constraints valid or NOT
+// VALID, which the next run validates or drops.
+func (s *Store) prepareCommittedChecks(ctx context.Context, conn *pgxpool.Conn) error {
+	var kind string
+	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
+	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	rows, err := conn.Query(ctx, `
+		SELECT c.relname, k.convalidated FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		LEFT JOIN pg_constraint k ON k.conrelid = c.oid AND k.conname = $1
+		WHERE i.inhparent = 'notifications'::regclass ORDER BY c.relname`, committedCheck)
+	if err != nil {
+		return err
+	}
+	type part struct {
+		Name      string
+		Validated *bool
+	}
+	parts, err := pgx.CollectRows(rows, pgx.RowToStructByPos[part])
+	if err != nil {
+		return err
+	}
+	for _, p := range parts {
+		if p.Validated != nil && *p.Validated {
+			continue
+		}
+		table := pgx.Identifier{p.Name}.Sanitize()
+		if p.Validated == nil {
+			err := retryLockTimeout(ctx, maintenanceLockTimeout, func() error {
+				return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10))
+					if err == nil {
+						_, err = tx.Exec(ctx, addCommittedCheck(table)+" NOT VALID")
+					}
+					return err
+				})
+			})
+			if err != nil {
+				return fmt.Errorf("add %s to %s: %w", committedCheck, p.Name, err)
+			}
+		}
+		_, err := conn.Exec(ctx, "ALTER TABLE "+table+" VALIDATE CONSTRAINT "+committedCheck)
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23514" { // check_violation: rows older than 0003
+			err = retryLockTimeout(ctx, maintenanceLockTimeout, func() error {
+				return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+					_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10))
+					if err == nil {
+						_, err = tx.Exec(ctx, "ALTER TABLE "+table+" DROP CONSTRAINT "+committedCheck)
+					}
+					return err
+				})
+			})
+		}
+		if err != nil {
+			return fmt.Errorf("validate %s of %s: %w", committedCheck, p.Name, err)
 		}
 	}
 	return nil

@@ -18,6 +18,18 @@ const (
 	futurePartition = "notifications_future"
 )
 
+// committedCheck is the constraint of every partition that holds no row
+// written before migration 0003 (whose commit_xid is NULL): with it the
+// planner leaves the partition out of the inbox API's scans for such rows
+// (migration 0005, docs/architecture.md "Schema (migrations 0003 and 0005)").
+const committedCheck = "notifyd_committed"
+
+// addCommittedCheck is the statement that gives table committedCheck:
+// instant on a new, empty table; on one with rows it scans them.
+func addCommittedCheck(table string) string {
+	return "ALTER TABLE " + table + " ADD CONSTRAINT " + committedCheck + " CHECK (commit_xid IS NOT NULL)"
+}
+
 // maintenanceLockTimeout bounds how long a maintenance transaction waits for
 // a lock on notifications, and so how long writers queue behind it.
 const maintenanceLockTimeout = 20 * time.Millisecond
@@ -270,7 +282,8 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 		// Made standalone first: that takes only an ACCESS SHARE lock on
 		// notifications, so writers go on.
 		for _, r := range plan {
-			if _, err := tx.Exec(ctx, "CREATE TABLE "+partitionName(r[0])+" (LIKE notifications INCLUDING ALL)"); err != nil {
+			if _, err := tx.Exec(ctx, "CREATE TABLE "+partitionName(r[0])+" (LIKE notifications INCLUDING ALL);\n"+
+				addCommittedCheck(partitionName(r[0]))); err != nil {
 				return fmt.Errorf("create partition %s: %w", partitionName(r[0]), err)
 			}
 		}
@@ -329,7 +342,7 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Du
 		if _, err := tx.Exec(ctx, "DROP TABLE IF EXISTS "+old+", "+next); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, "CREATE TABLE "+next+" (LIKE notifications INCLUDING ALL)"); err != nil {
+		if _, err := tx.Exec(ctx, "CREATE TABLE "+next+" (LIKE notifications INCLUDING ALL);\n"+addCommittedCheck(next)); err != nil {
 			return fmt.Errorf("create %s: %w", next, err)
 		}
 		q := ""

@@ -76,6 +76,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.streamsMu.Lock()
 	close(s.stopped)
 	s.streamsMu.Unlock()
+	s.hub.wakeAll()
 	s.streams.Wait()
 	return err
 }

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -36,11 +37,14 @@ type sub struct {
 	// queue holds the events of one hub query per element, bounded by
 	// Config.StreamBuffer; bounding it in queries, not rows, lets a large
 	// batch through whole. It is a slice rather than a buffered channel so
-	// that an idle stream holds no buffer. qmu guards it; ready has a token
-	// while it is not empty.
+	// that an idle stream holds no buffer. qmu guards it and conn; ready
+	// has a token while it is not empty.
 	qmu   sync.Mutex
 	queue [][]event
 	ready chan struct{}
+	// conn is the connection taken over from net/http, once the stream's
+	// goroutine waits in a read of it (serveConn); wake ends that read.
+	conn net.Conn
 	// after is the client's Last-Event-ID, if any: the hub starts the
 	// stream only at a snapshot that covers it.
 	after *position
@@ -116,6 +120,26 @@ func (sb *sub) take() [][]event {
 	return q
 }
 
+// wake tells sb's writer that its queue, its dropped channel or the
+// server's stopped has news: a token in ready for a stream served by its
+// handler, and for one on a taken-over connection a read deadline in the
+// past, which ends the read its goroutine waits in.
+func (sb *sub) wake() {
+	select {
+	case sb.ready <- struct{}{}:
+	default:
+	}
+	sb.qmu.Lock()
+	c := sb.conn
+	sb.qmu.Unlock()
+	if c != nil {
+		_ = c.SetReadDeadline(longAgo)
+	}
+}
+
+// longAgo is a deadline that has passed.
+var longAgo = time.Unix(1, 0)
+
 // pending is how many batches sb's queue holds.
 func (sb *sub) pending() int {
 	sb.qmu.Lock()
@@ -132,18 +156,25 @@ func (h *hub) send(sb *sub, evs []event) {
 		sb.queue = append(sb.queue, evs)
 	}
 	sb.qmu.Unlock()
-	if !full {
-		select {
-		case sb.ready <- struct{}{}:
-		default:
-		}
-	} else {
+	if full {
 		close(sb.dropped)
 		delete(h.active[sb.user], sb)
 		if len(h.active[sb.user]) == 0 {
 			delete(h.active, sb.user)
 		}
 		h.s.metrics.dropped.Inc()
+	}
+	sb.wake()
+}
+
+// wakeAll wakes every open stream: the server is stopping.
+func (h *hub) wakeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, m := range h.active {
+		for sb := range m {
+			sb.wake()
+		}
 	}
 }
 
@@ -584,7 +615,7 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 	handedOff = s.goStream(func() {
 		defer s.metrics.open.Dec()
 		defer s.hub.unsubscribe(sb)
-		s.pump(sb, out, out.gone)
+		s.serveConn(sb, out)
 		out.close()
 	})
 	if !handedOff {
@@ -650,10 +681,11 @@ func (s *Server) replayMissed(ctx context.Context, out *sseOut, user uuid.UUID, 
 	return nil
 }
 
-// pump writes what sb's channel brings, and a comment every heartbeat,
+// pump writes what sb's queue brings, and a comment every heartbeat,
 // until the client is gone (gone closes), the hub drops sb or the server
 // stops. The hub feeds sb from its start snapshot on, which the replay
-// reached, so nothing is sent twice.
+// reached, so nothing is sent twice. It serves a stream that stays in its
+// handler; serveConn does the same on a taken-over connection.
 func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 	beat := time.NewTicker(s.cfg.Heartbeat)
 	defer beat.Stop()
@@ -668,15 +700,59 @@ func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 		case <-beat.C:
 			out.buf = append(out.buf, ": heartbeat\n\n"...)
 		case <-sb.ready:
-			// Write what is queued, then flush once.
-			for _, evs := range sb.take() {
-				for _, ev := range evs {
-					out.event(ev)
-				}
-			}
+			out.queued(sb)
 		}
 		if err := out.flush(); err != nil {
 			return
+		}
+	}
+}
+
+// serveConn is pump on a connection taken over from net/http, with one
+// goroutine and no timer or channel of its own: between writes the
+// goroutine waits in a read of the connection, which ends when the client
+// closes it, at the next heartbeat (the read deadline) or when sb.wake
+// moves the deadline to the past. The deadline is set before the queue is
+// looked at, so a wake after that look ends the read that follows it.
+func (s *Server) serveConn(sb *sub, out *sseOut) {
+	sb.qmu.Lock()
+	sb.conn = out.conn
+	sb.qmu.Unlock()
+	beat := time.Now().Add(s.cfg.Heartbeat)
+	var b [1]byte
+	for {
+		if now := time.Now(); !now.Before(beat) {
+			out.buf = append(out.buf, ": heartbeat\n\n"...)
+			beat = now.Add(s.cfg.Heartbeat)
+		}
+		_ = out.conn.SetReadDeadline(beat)
+		select {
+		case <-sb.dropped:
+			return
+		case <-s.stopped:
+			return
+		default:
+		}
+		out.queued(sb)
+		if len(out.buf) > 0 {
+			if err := out.flush(); err != nil {
+				return
+			}
+		}
+		// Bytes the client sends (it has no reason to) are read and
+		// ignored; a read that fails otherwise than by its deadline is
+		// the client closing.
+		if _, err := out.conn.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			return
+		}
+	}
+}
+
+// queued appends the events sb's queue holds.
+func (o *sseOut) queued(sb *sub) {
+	for _, evs := range sb.take() {
+		for _, ev := range evs {
+			o.event(ev)
 		}
 	}
 }
@@ -686,8 +762,6 @@ func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 type sseOut struct {
 	s    *Server
 	conn net.Conn // nil: w
-	// gone is closed when the client has closed the connection (conn only).
-	gone chan struct{}
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	// buf holds what the next flush writes, and counted what it holds.
@@ -718,20 +792,10 @@ func (s *Server) takeOver(w http.ResponseWriter) (*sseOut, error) {
 	head.WriteString("HTTP/1.1 200 OK\r\n")
 	_ = h.Write(&head)
 	head.WriteString("\r\n")
-	out := &sseOut{s: s, conn: conn, gone: make(chan struct{}), buf: head.Bytes()}
 	// Bytes the client sent after its request (it has no reason to) are
-	// left unread in rw; a read that ends is the client closing.
+	// left unread in rw.
 	_ = rw
-	go func() {
-		defer close(out.gone)
-		var b [1]byte
-		for {
-			if _, err := conn.Read(b[:]); err != nil {
-				return
-			}
-		}
-	}()
-	return out, nil
+	return &sseOut{s: s, conn: conn, buf: head.Bytes()}, nil
 }
 
 // event appends ev in SSE form.
@@ -776,13 +840,11 @@ func (o *sseOut) flush() error {
 	return err
 }
 
-// close closes a taken-over connection and waits for its reader.
+// close closes a taken-over connection.
 func (o *sseOut) close() {
-	if o.conn == nil {
-		return
+	if o.conn != nil {
+		_ = o.conn.Close()
 	}
-	_ = o.conn.Close()
-	<-o.gone
 }
 
 // replayPage is how many missed rows one replay query reads.

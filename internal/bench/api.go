@@ -93,7 +93,23 @@ type APIResult struct {
 	MarkRate         int       `json:"mark_read_offered_rps"`
 	MarkMs           Quantiles `json:"mark_read_ms"`
 	MarkRequestsDone int64     `json:"mark_read_requests"`
+	// Cost is the CPU time of one request of each kind, measured alone.
+	Cost map[string]RequestCost `json:"cpu_ms_per_request"`
 }
+
+// RequestCost is the CPU time (user + system) one request cost, in ms:
+// serve's, and the database server's (the sum over its processes, when
+// they run on this machine; else absent), over costRequests requests sent
+// at costRate a second with nothing else running.
+type RequestCost struct {
+	Serve    float64  `json:"serve"`
+	Database *float64 `json:"database,omitempty"`
+}
+
+const (
+	costRequests = 500
+	costRate     = 100
+)
 
 // benchSecret signs the benchmark's tokens; it never leaves the run.
 var benchSecret = []byte("notifyd-bench-" + randHex() + randHex())
@@ -143,6 +159,11 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 	log.Info("feed and counts under load", "rate", cfg.Rate, "duration", cfg.Duration)
 	if err := feedLoad(ctx, cfg, res, srv, users); err != nil {
 		return nil, err
+	}
+
+	log.Info("CPU per request", "requests", costRequests, "rate", costRate)
+	if res.Cost, err = requestCosts(ctx, srv, store, users); err != nil {
+		return nil, fmt.Errorf("cost per request: %w", err)
 	}
 
 	log.Info("streams", "streams", cfg.Streams, "rows_per_sec", cfg.StreamRate)
@@ -579,39 +600,9 @@ func ingestRatio(ctx context.Context, cfg APIConfig, res *APIResult, srv *serveP
 			return err
 		}
 	}
-	// Rows to mark: a sample of the history, by user.
-	type target struct {
-		user uuid.UUID
-		ids  []string
-	}
-	var targets []target
-	rows, err := store.Pool().Query(ctx, `SELECT user_id, array_agg(id::text) FROM
-		(SELECT user_id, id FROM notifications WHERE event_type = 'bench.history' LIMIT 50000) s GROUP BY user_id`)
+	mark, err := markRead(ctx, srv, store)
 	if err != nil {
 		return err
-	}
-	for rows.Next() {
-		var t target
-		if err := rows.Scan(&t.user, &t.ids); err != nil {
-			return err
-		}
-		targets = append(targets, t)
-	}
-	if err := rows.Err(); err != nil {
-		return err
-	}
-	if len(targets) == 0 {
-		return errors.New("no history rows to mark")
-	}
-	mark := func(ctx context.Context, i int) error {
-		t := targets[(i*7919)%len(targets)]
-		body := `{"all": true}`
-		if i%10 != 0 { // one in ten is "mark all"
-			ids := t.ids[:min(10, len(t.ids))]
-			b, _ := json.Marshal(map[string][]string{"ids": ids})
-			body = string(b)
-		}
-		return srv.do(ctx, t.user, "POST", "/v1/inbox/read", body)
 	}
 	var rates [3]float64
 	for i, t := range topics {
@@ -643,6 +634,137 @@ func ingestRatio(ctx context.Context, cfg APIConfig, res *APIResult, srv *serveP
 	res.IngestBusy = rates[1]
 	res.IngestRatio = res.IngestBusy / res.IngestIdle
 	return nil
+}
+
+// markRead returns the benchmark's mark-read request: call i marks ten
+// rows of a user of the history read by id, one call in ten all of them.
+func markRead(ctx context.Context, srv *serveProc, store *postgres.Store) (func(ctx context.Context, i int) error, error) {
+	type target struct {
+		user uuid.UUID
+		ids  []string
+	}
+	var targets []target
+	rows, err := store.Pool().Query(ctx, `SELECT user_id, array_agg(id::text) FROM
+		(SELECT user_id, id FROM notifications WHERE event_type = 'bench.history' LIMIT 50000) s GROUP BY user_id`)
+	if err != nil {
+		return nil, err
+	}
+	for rows.Next() {
+		var t target
+		if err := rows.Scan(&t.user, &t.ids); err != nil {
+			return nil, err
+		}
+		targets = append(targets, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(targets) == 0 {
+		return nil, errors.New("no history rows to mark")
+	}
+	return func(ctx context.Context, i int) error {
+		t := targets[(i*7919)%len(targets)]
+		body := `{"all": true}`
+		if i%10 != 0 { // one in ten is "mark all"
+			ids := t.ids[:min(10, len(t.ids))]
+			b, _ := json.Marshal(map[string][]string{"ids": ids})
+			body = string(b)
+		}
+		return srv.do(ctx, t.user, "POST", "/v1/inbox/read", body)
+	}, nil
+}
+
+// requestCosts measures the CPU time of a feed's first page, a counts
+// request and the benchmark's mark-read, each kind alone.
+func requestCosts(ctx context.Context, srv *serveProc, store *postgres.Store, users []uuid.UUID) (map[string]RequestCost, error) {
+	mark, err := markRead(ctx, srv, store)
+	if err != nil {
+		return nil, err
+	}
+	kinds := []struct {
+		name string
+		call func(ctx context.Context, i int) error
+	}{
+		{"feed", func(ctx context.Context, i int) error {
+			return srv.do(ctx, users[(i*7919+13)%len(users)], "GET", "/v1/inbox?limit=20", "")
+		}},
+		{"counts", func(ctx context.Context, i int) error {
+			return srv.do(ctx, users[(i*7919+17)%len(users)], "GET", "/v1/inbox/counts", "")
+		}},
+		{"mark_read", mark},
+	}
+	out := map[string]RequestCost{}
+	for _, k := range kinds {
+		serve0, err := cpuOf(srv.cmd.Process.Pid)
+		if err != nil {
+			return nil, err
+		}
+		db0, dbOK := databaseCPU()
+		_, failed := openLoop(ctx, costRate, costRequests*time.Second/costRate, k.call)
+		if failed > 0 {
+			return nil, fmt.Errorf("%s: %d of %d requests failed", k.name, failed, costRequests)
+		}
+		serve1, err := cpuOf(srv.cmd.Process.Pid)
+		if err != nil {
+			return nil, err
+		}
+		c := RequestCost{Serve: float64(serve1-serve0) / float64(time.Millisecond) / costRequests}
+		if db1, ok := databaseCPU(); ok && dbOK {
+			d := float64(db1-db0) / float64(time.Millisecond) / costRequests
+			c.Database = &d
+		}
+		out[k.name] = c
+	}
+	return out, ctx.Err()
+}
+
+// clockTick is the unit of the CPU times in /proc/<pid>/stat (USER_HZ,
+// 100 on Linux).
+const clockTick = 10 * time.Millisecond
+
+// cpuOf is a process's CPU time (user + system) from /proc/<pid>/stat.
+func cpuOf(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command name, which is in parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, errors.New("unreadable /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("unreadable /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * clockTick, nil
+}
+
+// databaseCPU is the CPU time of every process named postgres on this
+// machine, and whether there is any.
+func databaseCPU() (time.Duration, bool) {
+	procs, _ := os.ReadDir("/proc")
+	var sum time.Duration
+	found := false
+	for _, p := range procs {
+		pid, err := strconv.Atoi(p.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile("/proc/" + p.Name() + "/comm")
+		if err != nil || strings.TrimSpace(string(comm)) != "postgres" {
+			continue
+		}
+		if t, err := cpuOf(pid); err == nil {
+			sum, found = sum+t, true
+		}
+	}
+	return sum, found
 }
 
 func preloadSeed(ctx context.Context, cl *kgo.Client, topic string, n int, seed uint64) error {

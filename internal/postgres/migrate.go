@@ -37,6 +37,7 @@ var preSteps = map[int]func(s *Store, ctx context.Context, conn *pgxpool.Conn) e
 	2: (*Store).preparePartitioning,
 	3: (*Store).prepareInboxIndexes,
 	5: (*Store).prepareCommittedChecks,
+	6: (*Store).prepareLookupIndex,
 }
 
 func migrations() ([]migration, error) {
@@ -300,7 +301,7 @@ func ensureIndex(ctx context.Context, conn *pgxpool.Conn, name, how, create stri
 // notifications, as suffix of each partition's index name and definition.
 // They must stay identical to the migration's, so that its CREATE INDEX on
 // the parent attaches the ones built here instead of building its own.
-var inboxIndexes = []struct{ suffix, def string }{
+var inboxIndexes = []partitionIndex{
 	{"commit_xid", "(commit_xid) WHERE commit_xid IS NOT NULL"},
 	{"user_commit_xid", "(user_id, commit_xid) INCLUDE (id) WHERE commit_xid IS NOT NULL"},
 	{"user_before_commit_xid", "(user_id) INCLUDE (id) WHERE commit_xid IS NULL"},
@@ -322,14 +323,7 @@ func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) err
 	if err != nil {
 		return err
 	}
-	rows, err := conn.Query(ctx, `
-		SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = 'notifications'::regclass AND pg_total_relation_size(c.oid) >= $1
-		ORDER BY c.relname`, s.smallTable)
-	if err != nil {
-		return err
-	}
-	large, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	large, err := s.largePartitions(ctx, conn)
 	if err != nil || len(large) == 0 {
 		return err
 	}
@@ -348,8 +342,34 @@ func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) err
 	if err != nil {
 		return fmt.Errorf("add column commit_xid: %w", err)
 	}
-	for _, part := range large {
-		for _, ix := range inboxIndexes {
+	return buildConcurrently(ctx, conn, large, inboxIndexes)
+}
+
+// largePartitions are the partitions of notifications too large to index
+// in a moment under a lock writers wait for.
+func (s *Store) largePartitions(ctx context.Context, conn *pgxpool.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `
+		SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = 'notifications'::regclass AND pg_total_relation_size(c.oid) >= $1
+		ORDER BY c.relname`, s.smallTable)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, pgx.RowTo[string])
+}
+
+// partitionIndex is an index a migration declares on notifications, as
+// the suffix of each partition's index name and its definition, which must
+// stay identical to the migration's so that its CREATE INDEX on the parent
+// attaches the ones built before it instead of building its own.
+type partitionIndex struct{ suffix, def string }
+
+// buildConcurrently builds indexes on the given partitions with CREATE
+// INDEX CONCURRENTLY (SHARE UPDATE EXCLUSIVE: writers go on), keeping the
+// ones already built and building again the ones a killed run left invalid.
+func buildConcurrently(ctx context.Context, conn *pgxpool.Conn, parts []string, indexes []partitionIndex) error {
+	for _, part := range parts {
+		for _, ix := range indexes {
 			name := pgx.Identifier{part + "_" + ix.suffix}.Sanitize()
 			if err := ensureIndex(ctx, conn, name, "CONCURRENTLY",
 				"CREATE INDEX CONCURRENTLY "+name+" ON "+pgx.Identifier{part}.Sanitize()+" "+ix.def); err != nil {
@@ -358,6 +378,33 @@ func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) err
 		}
 	}
 	return nil
+}
+
+// lookupIndexes are migration 0006's: the user's committed rows with their
+// whole primary key, from which a mark by ids finds the caller's rows
+// (and their created_at) in each partition's entries of that user, and the
+// counts read the rows, both from the index alone. It replaces 0003's
+// (user_id, commit_xid) INCLUDE (id).
+var lookupIndexes = []partitionIndex{
+	{"user_commit_xid_at", "(user_id, commit_xid) INCLUDE (id, created_at) WHERE commit_xid IS NOT NULL"},
+}
+
+// prepareLookupIndex builds migration 0006's index on every large
+// partition without blocking writers, as prepareInboxIndexes does for 0003.
+func (s *Store) prepareLookupIndex(ctx context.Context, conn *pgxpool.Conn) error {
+	var kind string
+	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
+	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	large, err := s.largePartitions(ctx, conn)
+	if err != nil {
+		return err
+	}
+	return buildConcurrently(ctx, conn, large, lookupIndexes)
 }
 
 // prepareCommittedChecks gives every partition of notifications whose rows

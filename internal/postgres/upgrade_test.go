@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -123,9 +124,12 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 		}
 	}
 
-	// Migration 0003's indexes on the old rows were built concurrently
-	// before it (prepareInboxIndexes) and attached by it, not rebuilt.
-	for _, ix := range inboxIndexes {
+	// Migration 0003's and 0006's indexes on the old rows were built
+	// concurrently before them (prepareInboxIndexes, prepareLookupIndex)
+	// and attached, not rebuilt; 0006 dropped the one it replaces.
+	for _, ix := range append(slices.DeleteFunc(slices.Clone(inboxIndexes), func(ix partitionIndex) bool {
+		return ix.suffix == "user_commit_xid"
+	}), lookupIndexes...) {
 		name := "notifications_past_" + ix.suffix
 		var valid, attached bool
 		err := st.Pool().QueryRow(ctx, `

@@ -243,13 +243,8 @@ const smallTableBytes = 16 << 20
 // must move. An index left invalid by a killed run is dropped and built
 // again. A small table gets them the quick way.
 func (s *Store) preparePartitioning(ctx context.Context, conn *pgxpool.Conn) error {
-	var kind string
-	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
-	if errors.Is(err, pgx.ErrNoRows) || kind != "r" {
-		return nil // already partitioned, or no table: 0002 knows what to do
-	}
-	if err != nil {
-		return err
+	if kind, err := notificationsKind(ctx, conn); err != nil || kind != "r" {
+		return err // already partitioned, or no table: 0002 knows what to do
 	}
 	// CONCURRENTLY waits for every older transaction of the database, of
 	// any table; a small table is indexed at once instead, holding its
@@ -315,13 +310,8 @@ var inboxIndexes = []partitionIndex{
 // them and attaches them; only the small partitions are indexed under its
 // lock.
 func (s *Store) prepareInboxIndexes(ctx context.Context, conn *pgxpool.Conn) error {
-	var kind string
-	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
-	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
-		return nil // no table yet, or not partitioned: 0003 knows what to do
-	}
-	if err != nil {
-		return err
+	if kind, err := notificationsKind(ctx, conn); err != nil || kind != "p" {
+		return err // no table yet, or not partitioned: 0003 knows what to do
 	}
 	large, err := s.largePartitions(ctx, conn)
 	if err != nil || len(large) == 0 {
@@ -392,12 +382,7 @@ var lookupIndexes = []partitionIndex{
 // prepareLookupIndex builds migration 0006's index on every large
 // partition without blocking writers, as prepareInboxIndexes does for 0003.
 func (s *Store) prepareLookupIndex(ctx context.Context, conn *pgxpool.Conn) error {
-	var kind string
-	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
-	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
-		return nil
-	}
-	if err != nil {
+	if kind, err := notificationsKind(ctx, conn); err != nil || kind != "p" {
 		return err
 	}
 	large, err := s.largePartitions(ctx, conn)
@@ -419,12 +404,7 @@ func (s *Store) prepareLookupIndex(ctx context.Context, conn *pgxpool.Conn) erro
 // partition for them. A run killed halfway leaves constraints valid or NOT
 // VALID, which the next run validates or drops.
 func (s *Store) prepareCommittedChecks(ctx context.Context, conn *pgxpool.Conn) error {
-	var kind string
-	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
-	if errors.Is(err, pgx.ErrNoRows) || kind != "p" {
-		return nil
-	}
-	if err != nil {
+	if kind, err := notificationsKind(ctx, conn); err != nil || kind != "p" {
 		return err
 	}
 	rows, err := conn.Query(ctx, `
@@ -448,35 +428,44 @@ func (s *Store) prepareCommittedChecks(ctx context.Context, conn *pgxpool.Conn) 
 		}
 		table := pgx.Identifier{p.Name}.Sanitize()
 		if p.Validated == nil {
-			err := retryLockTimeout(ctx, maintenanceLockTimeout, func() error {
-				return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-					_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10))
-					if err == nil {
-						_, err = tx.Exec(ctx, addCommittedCheck(table)+" NOT VALID")
-					}
-					return err
-				})
-			})
-			if err != nil {
+			if err := execShortLock(ctx, conn, addCommittedCheck(table)+" NOT VALID"); err != nil {
 				return fmt.Errorf("add %s to %s: %w", committedCheck, p.Name, err)
 			}
 		}
 		_, err := conn.Exec(ctx, "ALTER TABLE "+table+" VALIDATE CONSTRAINT "+committedCheck)
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23514" { // check_violation: rows older than 0003
-			err = retryLockTimeout(ctx, maintenanceLockTimeout, func() error {
-				return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-					_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10))
-					if err == nil {
-						_, err = tx.Exec(ctx, "ALTER TABLE "+table+" DROP CONSTRAINT "+committedCheck)
-					}
-					return err
-				})
-			})
+			err = execShortLock(ctx, conn, "ALTER TABLE "+table+" DROP CONSTRAINT "+committedCheck)
 		}
 		if err != nil {
 			return fmt.Errorf("validate %s of %s: %w", committedCheck, p.Name, err)
 		}
 	}
 	return nil
+}
+
+// notificationsKind is the relkind of the table notifications ("r" at
+// schema 1, "p" once partitioned), or "" when there is none yet.
+func notificationsKind(ctx context.Context, conn *pgxpool.Conn) (string, error) {
+	var kind string
+	err := conn.QueryRow(ctx, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass('notifications')").Scan(&kind)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	return kind, err
+}
+
+// execShortLock runs a statement in a transaction of its own that waits at
+// most maintenanceLockTimeout for its locks, tried again on a lock timeout:
+// writers queue behind it for no longer than that.
+func execShortLock(ctx context.Context, conn *pgxpool.Conn, sql string) error {
+	return retryLockTimeout(ctx, maintenanceLockTimeout, func() error {
+		return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+			_, err := tx.Exec(ctx, "SELECT set_config('lock_timeout', $1, true)", strconv.FormatInt(maintenanceLockTimeout.Milliseconds(), 10))
+			if err == nil {
+				_, err = tx.Exec(ctx, sql)
+			}
+			return err
+		})
+	})
 }

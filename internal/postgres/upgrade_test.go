@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -127,10 +126,8 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 	// Migration 0003's and 0006's indexes on the old rows were built
 	// concurrently before them (prepareInboxIndexes, prepareLookupIndex)
 	// and attached, not rebuilt; 0006 dropped the one it replaces.
-	for _, ix := range append(slices.DeleteFunc(slices.Clone(inboxIndexes), func(ix partitionIndex) bool {
-		return ix.suffix == "user_commit_xid"
-	}), lookupIndexes...) {
-		name := "notifications_past_" + ix.suffix
+	for _, suffix := range []string{"commit_xid", "user_before_commit_xid", "user_commit_xid_at"} {
+		name := "notifications_past_" + suffix
 		var valid, attached bool
 		err := st.Pool().QueryRow(ctx, `
 			SELECT x.indisvalid, EXISTS (SELECT FROM pg_inherits WHERE inhrelid = x.indexrelid)
@@ -138,6 +135,11 @@ func TestUpgradeFromSchema1KeepsEveryRowAndOffset(t *testing.T) {
 		if err != nil || !valid || !attached {
 			t.Fatalf("index %s after the upgrade: got valid %v, attached %v (err %v), want both", name, valid, attached, err)
 		}
+	}
+
+	var replaced bool
+	if err := st.Pool().QueryRow(ctx, "SELECT to_regclass('notifications_past_user_commit_xid') IS NOT NULL").Scan(&replaced); err != nil || replaced {
+		t.Fatalf("index notifications_past_user_commit_xid after the upgrade: present %v (err %v), want dropped by 0006", replaced, err)
 	}
 
 	// Migration 0005: the old rows have no commit_xid, so the partitions

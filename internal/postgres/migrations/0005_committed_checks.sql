@@ -3,7 +3,7 @@
 -- the planner leaves that partition out of the inbox API's scans for rows
 -- written before migration 0003 (its counts read the user's rows through
 -- two index scans in each partition, one for each kind of row; over 39
--- daily partitions the second, always empty, cost as much as the first).
+-- daily partitions the second, always empty, cost nearly as much as the first).
 --
 -- The work is the pre-step of this version (prepareCommittedChecks in
 -- migrate.go), one partition at a time: the constraint is added NOT VALID

@@ -116,10 +116,12 @@ func (c *benchCmd) Run(ctx context.Context) error {
 	if res.HistoryRows > 0 {
 		fmt.Printf(`  history loaded (%d rows, %d partitions) %10.0f rows/s
   drain of %d into the table with history %7.0f msg/s  (%.2f × empty-table drain, %.2f × COPY limit)
+  drain of %d into the emptied table after %6.0f msg/s  (the ratio's baseline: mean of the two empty-table drains)
   batch flush with history               p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
   a user's latest 20 with history        p50 %6.2f ms  p95 %6.2f ms  p99 %6.2f ms
 `, res.HistoryRows, res.HistoryPartitions, res.HistoryLoadRowsPerSec,
 			res.Messages, res.HistoryMsgsPerSec, res.HistoryRatioToEmpty, res.HistoryRatioToCopyLimit,
+			res.Messages, res.EmptyAfterMsgsPerSec,
 			res.HistoryFlushMs.P50, res.HistoryFlushMs.P95, res.HistoryFlushMs.P99,
 			res.ReadLatest20Ms.P50, res.ReadLatest20Ms.P95, res.ReadLatest20Ms.P99)
 	}

@@ -99,6 +99,11 @@ type Result struct {
 	HistoryRows             int        `json:"history_rows,omitempty"`
 	HistoryLoadRowsPerSec   float64    `json:"history_load_rows_per_sec,omitempty"`
 	HistoryMsgsPerSec       float64    `json:"history_msgs_per_sec,omitempty"`
+	// EmptyAfterMsgsPerSec is a third drain, into the emptied table after
+	// the drain with history; HistoryRatioToEmpty is HistoryMsgsPerSec to
+	// the mean of it and MsgsPerSec (the empty-table drains before and
+	// after).
+	EmptyAfterMsgsPerSec    float64    `json:"empty_after_msgs_per_sec,omitempty"`
 	HistoryRatioToEmpty     float64    `json:"history_ratio_to_empty,omitempty"`
 	HistoryRatioToCopyLimit float64    `json:"history_ratio_to_copy_limit,omitempty"`
 	HistoryFlushMs          *Quantiles `json:"history_flush_ms,omitempty"`
@@ -184,7 +189,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	adm := kadm.NewClient(cl)
 	topics := []string{drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)}
 	if cfg.History > 0 {
-		topics = append(topics, drainTopic+"-history", dlq.DefaultTopic(drainTopic+"-history"))
+		for _, t := range []string{drainTopic + "-history", drainTopic + "-history-empty"} {
+			topics = append(topics, t, dlq.DefaultTopic(t))
+		}
 	}
 	if err := broker.EnsureTopics(ctx, adm, 3, topics...); err != nil {
 		return nil, err

@@ -68,6 +68,33 @@ func TestRunSmall(t *testing.T) {
 	}
 }
 
+// TestRunSmallWithHistory runs the history phases, small: the drain into
+// the table with history, the reads, and the drain into the table emptied
+// again, whose mean with the first drain is the ratio's baseline.
+func TestRunSmallWithHistory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the whole benchmark")
+	}
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	res, err := Run(ctx, Config{Messages: 2000, Rate: 500, Duration: time.Second, History: 20_000,
+		DatabaseURL: pgtest.URL(t), Executable: notifydBin(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.HistoryRows != 20_000 || res.HistoryPartitions < 50 {
+		t.Errorf("history: %d rows in %d partitions, want 20000 in the partitions of 8 weeks", res.HistoryRows, res.HistoryPartitions)
+	}
+	if res.HistoryMsgsPerSec <= 0 || res.EmptyAfterMsgsPerSec <= 0 || res.ReadLatest20Ms == nil || res.ReadLatest20Ms.P95 <= 0 {
+		t.Fatalf("a measure is missing: %+v", res)
+	}
+	want := res.HistoryMsgsPerSec / ((res.MsgsPerSec + res.EmptyAfterMsgsPerSec) / 2)
+	if d := res.HistoryRatioToEmpty - want; d > 1e-9 || d < -1e-9 {
+		t.Errorf("history_ratio_to_empty %v, want %v: the drain with history to the mean of the empty-table drains", res.HistoryRatioToEmpty, want)
+	}
+}
+
 // TestDrainStopsTheChild ends a drain that cannot finish (it waits for
 // more messages than the topic holds) by its context, and one whose child
 // exits at once, and checks that each reports why it stopped.

@@ -96,9 +96,9 @@ type Result struct {
 
 	// With Config.History: the drain into the table holding the history,
 	// and "a user's latest 20" (postgres.LatestQuery) read from it.
-	HistoryRows             int        `json:"history_rows,omitempty"`
-	HistoryLoadRowsPerSec   float64    `json:"history_load_rows_per_sec,omitempty"`
-	HistoryMsgsPerSec       float64    `json:"history_msgs_per_sec,omitempty"`
+	HistoryRows           int     `json:"history_rows,omitempty"`
+	HistoryLoadRowsPerSec float64 `json:"history_load_rows_per_sec,omitempty"`
+	HistoryMsgsPerSec     float64 `json:"history_msgs_per_sec,omitempty"`
 	// EmptyAfterMsgsPerSec is a third drain, into the emptied table after
 	// the drain with history; HistoryRatioToEmpty is HistoryMsgsPerSec to
 	// the mean of it and MsgsPerSec (the empty-table drains before and

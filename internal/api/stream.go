@@ -157,14 +157,51 @@ func (h *hub) send(sb *sub, evs []event) {
 	}
 	sb.qmu.Unlock()
 	if full {
-		close(sb.dropped)
-		delete(h.active[sb.user], sb)
-		if len(h.active[sb.user]) == 0 {
-			delete(h.active, sb.user)
-		}
-		h.s.metrics.dropped.Inc()
+		h.dropLocked(sb)
 	}
 	sb.wake()
+}
+
+// drop ends sb because its client does not keep up: its queue is full
+// (send), or a write to it outlived the write deadline (its writer).
+// Either way the stream is counted once.
+func (h *hub) drop(sb *sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.dropLocked(sb)
+}
+
+// dropLocked is drop with h.mu held.
+func (h *hub) dropLocked(sb *sub) {
+	select {
+	case <-sb.dropped:
+		return
+	default:
+	}
+	close(sb.dropped)
+	// A write the client does not read ends now, not at its deadline:
+	// what it holds is freed with the stream.
+	sb.qmu.Lock()
+	c := sb.conn
+	sb.qmu.Unlock()
+	if c != nil {
+		_ = c.SetWriteDeadline(longAgo)
+	}
+	if m := h.active[sb.user]; m != nil {
+		delete(m, sb)
+		if len(m) == 0 {
+			delete(h.active, sb.user)
+		}
+	}
+	h.s.metrics.dropped.Inc()
+}
+
+// writeFailed ends sb's stream after a failed write: a write that outlived the
+// deadline drops it as too slow; any other failure is the client gone.
+func (h *hub) writeFailed(sb *sub, err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		h.drop(sb)
+	}
 }
 
 // wakeAll wakes every open stream: the server is stopping.
@@ -703,6 +740,7 @@ func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 			out.queued(sb)
 		}
 		if err := out.flush(); err != nil {
+			s.hub.writeFailed(sb, err)
 			return
 		}
 	}
@@ -736,6 +774,7 @@ func (s *Server) serveConn(sb *sub, out *sseOut) {
 		out.queued(sb)
 		if len(out.buf) > 0 {
 			if err := out.flush(); err != nil {
+				s.hub.writeFailed(sb, err)
 				return
 			}
 		}

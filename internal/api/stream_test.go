@@ -1,14 +1,21 @@
 package api
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/notifyd/notifyd/internal/notification"
 )
@@ -223,6 +230,97 @@ func TestSlowStreamIsDropped(t *testing.T) {
 	e.api.hub.mu.Unlock()
 	if still {
 		t.Fatal("dropped stream still registered")
+	}
+}
+
+// A client that stops reading a stream served on its taken-over
+// connection is dropped, whichever comes first: its queue fills up (the
+// hub drops it, and the write it is stuck in ends at once) or a write
+// outlives the write deadline (its writer drops it). Either way the
+// connection is closed within a second, the stream unregistered and
+// counted as dropped once, and the server holds no more of its events
+// than the stream buffer.
+func TestStalledClientIsDroppedFromItsConnection(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"full queue", Config{StreamBuffer: 2, WriteDeadline: time.Minute}},
+		{"write deadline", Config{StreamBuffer: 1000, WriteDeadline: 300 * time.Millisecond}},
+	} {
+		t.Run(c.name, func(t *testing.T) { stallStream(t, c.cfg) })
+	}
+}
+
+func stallStream(t *testing.T, cfg Config) {
+	e := newEnv(t, cfg, "")
+	user := uuid.New()
+	// A receive buffer of a few KB fills after a few events.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+		return errors.Join(err, serr)
+	}}
+	conn, err := d.Dial("tcp", strings.TrimPrefix(e.http.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /v1/inbox/stream HTTP/1.1\r\nHost: notifyd\r\nAuthorization: Bearer %s\r\n\r\n", token(t, user))
+	br := bufio.NewReader(conn)
+	if status, err := br.ReadString('\n'); err != nil || !strings.Contains(status, " 200 ") {
+		t.Fatalf("stream answered %q, %v", status, err)
+	}
+	active := func() bool {
+		e.api.hub.mu.Lock()
+		defer e.api.hub.mu.Unlock()
+		return len(e.api.hub.active[user]) > 0
+	}
+	for deadline := time.Now().Add(5 * time.Second); !active(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("stream never started")
+		}
+	}
+	pending := func() int {
+		e.api.hub.mu.Lock()
+		defer e.api.hub.mu.Unlock()
+		n := 0
+		for sb := range e.api.hub.active[user] {
+			n = max(n, sb.pending())
+		}
+		return n
+	}
+
+	// From here on the client reads nothing. Rows of 64 KB, one write
+	// each, until the stream is gone.
+	big := strings.Repeat("x", 64<<10)
+	for i := 0; active(); i++ {
+		if i == 200 {
+			t.Fatal("a client that reads nothing still has its stream after 200 rows")
+		}
+		r := row(user, time.Now(), fmt.Sprint(i))
+		r.Body = big
+		e.write(r)
+		if n := pending(); n > cfg.StreamBuffer {
+			t.Fatalf("the server holds %d batches for the stalled client, want at most its buffer of %d", n, cfg.StreamBuffer)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// The stream's writer ends by itself, before the client reads again
+	// (a read would let a stuck write complete).
+	for deadline := time.Now().Add(time.Second); testutil.ToFloat64(e.api.metrics.open) != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the stalled client's stream is still open a second after it was dropped")
+		}
+	}
+	if n := testutil.ToFloat64(e.api.metrics.dropped); n != 1 {
+		t.Fatalf("notifyd_api_streams_dropped_total %v, want 1", n)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.Copy(io.Discard, br); errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatal("the server did not close the stalled client's connection")
 	}
 }
 

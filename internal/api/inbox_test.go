@@ -265,6 +265,52 @@ func TestReadStateByIDsAndAll(t *testing.T) {
 	check("unarchive all", counts(), Counts{Unread: 11, Unseen: 10})
 }
 
+// A change by ids looks among the recent rows first and among the older
+// ones only for the ids it did not find there; together they change each
+// of the caller's rows once, wherever it is, and nothing else.
+func TestChangeByIDsFindsRecentAndOlderRows(t *testing.T) {
+	e := newEnv(t, Config{}, "")
+	user := uuid.New()
+	now := time.Now()
+	var rows []notification.Notification
+	for _, age := range []time.Duration{0, 30 * time.Hour, 72 * time.Hour, 20 * 24 * time.Hour} {
+		rows = append(rows, row(user, now.Add(-age), age.String()))
+	}
+	// The same id stored with a recent and an old created_at (a message
+	// sent twice with two explicit created_at values is stored twice); its
+	// read state is the id's, for both rows.
+	twice := row(user, now.Add(-time.Hour), "twice, recent")
+	old := twice
+	old.CreatedAt, old.Title = now.Add(-10*24*time.Hour).UTC().Truncate(time.Microsecond), "twice, old"
+	e.write(append(rows, twice, old)...)
+	ids := []string{uuid.NewString()} // unknown: ignored
+	for _, r := range append(rows, twice) {
+		ids = append(ids, r.ID.String(), r.ID.String()) // each twice in the request
+	}
+	post := func(path string, ids []string) changeResp {
+		t.Helper()
+		var r changeResp
+		if code := e.do(user, "POST", path, map[string][]string{"ids": ids}, &r); code != 200 {
+			t.Fatalf("POST %s: %d", path, code)
+		}
+		return r
+	}
+	if r := post("/v1/inbox/read", ids); r.Updated != 5 || r.Counts != (Counts{Unread: 0, Unseen: 6}) {
+		t.Fatalf("read the five ids, recent and older: %+v, want 5 updated, 0 unread and 6 unseen", r)
+	}
+	for _, n := range e.feedAll(user, "", 100) {
+		if n.ReadAt == nil {
+			t.Fatalf("%q unread after its id was read", n.Title)
+		}
+	}
+	if r := post("/v1/inbox/read", ids); r.Updated != 0 {
+		t.Fatalf("read again: %d updated, want 0", r.Updated)
+	}
+	if r := post("/v1/inbox/unread", []string{rows[3].ID.String(), rows[0].ID.String()}); r.Updated != 2 || r.Counts.Unread != 2 {
+		t.Fatalf("unread a recent and an old row: %+v, want 2 updated and 2 unread", r)
+	}
+}
+
 func titles(ns []Notification) []string {
 	var out []string
 	for _, n := range ns {

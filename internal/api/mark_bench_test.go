@@ -11,7 +11,7 @@ import (
 )
 
 // BenchmarkMarkRead measures POST /v1/inbox/read as notifyd bench --api
-// offers it (nine in ten mark 10 ids, one in ten marks all), over 200 users
+// offers it (nine in ten mark 10 recent ids, one in ten marks all), over 200 users
 // of 200 rows each, through a real server and database. Its CPU profile
 // shows what the API process (and the benchmark's client) spends on a
 // request; the database's share is not in it.

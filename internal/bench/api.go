@@ -729,25 +729,33 @@ const clockTick = 10 * time.Millisecond
 
 // cpuOf is a process's CPU time (user + system) from /proc/<pid>/stat.
 func cpuOf(pid int) (time.Duration, error) {
+	own, _, err := procCPU(pid)
+	return own, err
+}
+
+// procCPU is a process's own CPU time (user + system) and that of its
+// children it has waited for, from /proc/<pid>/stat.
+func procCPU(pid int) (own, reaped time.Duration, err error) {
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The fields after the command name, which is in parentheses.
 	i := strings.LastIndexByte(string(b), ')')
 	if i < 0 {
-		return 0, errors.New("unreadable /proc stat")
+		return 0, 0, errors.New("unreadable /proc stat")
 	}
 	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, errors.New("unreadable /proc stat")
+	if len(f) < 15 {
+		return 0, 0, errors.New("unreadable /proc stat")
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
+	var t [4]int64 // utime, stime, cutime, cstime
+	for j := range t {
+		if t[j], err = strconv.ParseInt(f[11+j], 10, 64); err != nil {
+			return 0, 0, err
+		}
 	}
-	return time.Duration(utime+stime) * clockTick, nil
+	return time.Duration(t[0]+t[1]) * clockTick, time.Duration(t[2]+t[3]) * clockTick, nil
 }
 
 // databaseCPU is the CPU time of every process named postgres on this
@@ -765,8 +773,11 @@ func databaseCPU() (time.Duration, bool) {
 		if err != nil || strings.TrimSpace(string(comm)) != "postgres" {
 			continue
 		}
-		if t, err := cpuOf(pid); err == nil {
-			sum, found = sum+t, true
+		// A backend that exits between two readings takes its CPU time
+		// out of the processes' sum and into the postmaster's reaped
+		// children's: the total of both only grows.
+		if own, reaped, err := procCPU(pid); err == nil {
+			sum, found = sum+own+reaped, true
 		}
 	}
 	return sum, found

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/twmb/franz-go/pkg/kfake"
 
 	"github.com/notifyd/notifyd/internal/pgtest"
@@ -137,4 +139,38 @@ func TestDrainStopsTheChild(t *testing.T) {
 			t.Fatalf("got %v, want notifyd run exited early with its exit status", err)
 		}
 	})
+}
+
+// TestDatabaseCPUKeepsWhatExitedBackendsSpent burns CPU in a backend that
+// then exits between the two readings: its time must stay in the sum (it
+// moves to the postmaster's reaped children).
+func TestDatabaseCPUKeepsWhatExitedBackendsSpent(t *testing.T) {
+	before, found := databaseCPU()
+	if !found {
+		t.Skip("the test database's server does not run on this machine")
+	}
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid() FROM (SELECT count(*) FROM generate_series(1, 5000000)) s").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backend did not exit within 5s of its connection's close")
+		}
+	}
+	after, _ := databaseCPU()
+	if d := after - before; d < 100*time.Millisecond {
+		t.Fatalf("database CPU grew by %v across a backend that counted 5M rows and exited, want at least 100ms", d)
+	}
 }

@@ -187,16 +187,20 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	defer cl.Close()
 	adm := kadm.NewClient(cl)
-	topics := []string{drainTopic, dlq.DefaultTopic(drainTopic), latTopic, dlq.DefaultTopic(latTopic)}
+	inputs := []string{drainTopic, latTopic}
 	if cfg.History > 0 {
-		for _, t := range []string{drainTopic + "-history", drainTopic + "-history-empty"} {
-			topics = append(topics, t, dlq.DefaultTopic(t))
-		}
+		inputs = append(inputs, drainTopic+"-history", drainTopic+"-history-empty")
 	}
-	if err := broker.EnsureTopics(ctx, adm, 3, topics...); err != nil {
+	// The drains' notifyd run creates each dead-letter topic, sized for the
+	// input's largest letters, as it does in service.
+	if err := broker.EnsureTopics(ctx, adm, 3, inputs...); err != nil {
 		return nil, err
 	}
 	if len(cfg.Brokers) > 0 {
+		topics := slices.Clone(inputs)
+		for _, t := range inputs {
+			topics = append(topics, dlq.DefaultTopic(t))
+		}
 		defer adm.DeleteTopics(context.WithoutCancel(ctx), topics...) //nolint:errcheck // best effort
 	}
 

@@ -88,17 +88,6 @@ func (m *marks) fill(snaps [3]*string, vers [3]*int64) {
 	}
 }
 
-func loadMarks(ctx context.Context, q pgx.Tx, user uuid.UUID) (marks, error) {
-	m, err := scanMarks(q.QueryRow(ctx, `SELECT `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = $1`, user))
-	if err == pgx.ErrNoRows {
-		return marks{}, nil
-	}
-	if err != nil {
-		return marks{}, fmt.Errorf("load read state: %w", err)
-	}
-	return m, nil
-}
-
 // SessionParams are the run-time parameters of the API's connections.
 //
 // plan_cache_mode: the API's statements read a user's rows in every
@@ -171,40 +160,71 @@ func readOnly(ctx context.Context, s *Server, f func(pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, f)
 }
 
+// beginRead starts a read-only repeatable-read transaction on conn and
+// loads the user's read state in it, in one round trip. A feed or a count
+// then sends its statements and COMMIT together: two round trips, where
+// BEGIN, the read state, the statements and COMMIT each took one. A
+// connection that an error leaves inside the transaction is closed by the
+// pool on release, not reused.
+func beginRead(ctx context.Context, conn *pgx.Conn, user uuid.UUID) (marks, error) {
+	var b pgx.Batch
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(`SELECT `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = $1`, user)
+	res := conn.SendBatch(ctx, &b)
+	_, err := res.Exec()
+	var m marks
+	if err == nil {
+		if m, err = scanMarks(res.QueryRow()); err == pgx.ErrNoRows {
+			m, err = marks{}, nil
+		}
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return marks{}, fmt.Errorf("load read state: %w", err)
+	}
+	return m, nil
+}
+
 func (s *Server) feed(ctx context.Context, user uuid.UUID, o feedOptions) (rows []Notification, next *cursor, err error) {
-	err = readOnly(ctx, s, func(tx pgx.Tx) error {
-		m, err := loadMarks(ctx, tx, user)
-		if err != nil {
-			return err
-		}
-		// The candidates come from the (user_id, created_at) index alone,
-		// newest first, a chunk at a time (with the ties of the last
-		// created_at, so that a chunk ends between keys); their read state
-		// is joined to the chunk only. Joining it in the same scan would
-		// make the planner read the user's whole inbox to sort it.
-		after := o.after
-		chunk := o.limit + 1
-		for len(rows) <= o.limit {
-			cands, err := s.feedChunk(ctx, tx, user, m, after, chunk)
-			if err != nil {
-				return err
-			}
-			for _, n := range cands {
-				if o.keep(n) && len(rows) <= o.limit {
-					rows = append(rows, n)
-				}
-			}
-			if len(cands) < chunk {
-				break // the inbox has no more
-			}
-			last := cands[len(cands)-1]
-			after = &cursor{createdAt: last.CreatedAt, id: last.ID}
-			chunk = min(chunk*2, 1000)
-		}
-		return nil
-	})
+	pc, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, nil, err
+	}
+	defer pc.Release()
+	conn := pc.Conn()
+	m, err := beginRead(ctx, conn, user)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The candidates come from the (user_id, created_at) index alone,
+	// newest first, a chunk at a time (with the ties of the last
+	// created_at, so that a chunk ends between keys); their read state is
+	// joined to the chunk only. Joining it in the same scan would make the
+	// planner read the user's whole inbox to sort it. The first chunk,
+	// which is the whole page unless filters drop rows, goes with COMMIT;
+	// further chunks each read a snapshot of their own, with the read
+	// state of the first (keyset paging needs no more to neither repeat
+	// nor skip a row).
+	after := o.after
+	chunk := o.limit + 1
+	for first := true; len(rows) <= o.limit; first = false {
+		cands, err := s.feedChunk(ctx, conn, user, m, after, chunk, first)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, n := range cands {
+			if o.keep(n) && len(rows) <= o.limit {
+				rows = append(rows, n)
+			}
+		}
+		if len(cands) < chunk {
+			break // the inbox has no more
+		}
+		last := cands[len(cands)-1]
+		after = &cursor{createdAt: last.CreatedAt, id: last.ID}
+		chunk = min(chunk*2, 1000)
 	}
 	if len(rows) > o.limit {
 		rows = rows[:o.limit]
@@ -214,7 +234,6 @@ func (s *Server) feed(ctx context.Context, user uuid.UUID, o feedOptions) (rows 
 	return rows, next, nil
 }
 
-// keep reports whether n passes the feed's filters.
 func (o feedOptions) keep(n Notification) bool {
 	switch {
 	case o.status == "unread" && n.ReadAt != nil, o.status == "read" && n.ReadAt == nil:
@@ -227,7 +246,9 @@ func (o feedOptions) keep(n Notification) bool {
 
 // feedChunk reads at least chunk of the user's rows after the cursor (all
 // of them if fewer), in feed order, with their effective read state.
-func (s *Server) feedChunk(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks, after *cursor, chunk int) ([]Notification, error) {
+// feedChunk reads the next chunk of the user's feed on conn; with commit,
+// the COMMIT of the transaction beginRead opened goes with it.
+func (s *Server) feedChunk(ctx context.Context, conn *pgx.Conn, user uuid.UUID, m marks, after *cursor, chunk int, commit bool) ([]Notification, error) {
 	var q query
 	u := q.arg(user)
 	q.add(`WITH c AS MATERIALIZED (SELECT n.id, n.event_type, n.title, n.body, n.data, n.created_at, n.commit_xid
@@ -243,11 +264,23 @@ SELECT c.id, c.event_type, c.title, c.body, c.data, c.created_at, `,
 		q.effective(kindArchived, m.kinds[kindArchived], "c", "s"), `
 FROM c LEFT JOIN notifyd_inbox_state s ON s.user_id = `, u, ` AND s.notification_id = c.id
 ORDER BY c.created_at DESC, c.id DESC`)
-	r, err := tx.Query(ctx, q.sql.String(), q.args...)
-	if err != nil {
-		return nil, fmt.Errorf("read feed: %w", err)
+	var b pgx.Batch
+	b.Queue(q.sql.String(), q.args...)
+	if commit {
+		b.Queue(`COMMIT`)
 	}
-	rows, err := pgx.CollectRows(r, scanNotification)
+	res := conn.SendBatch(ctx, &b)
+	r, err := res.Query()
+	var rows []Notification
+	if err == nil {
+		rows, err = pgx.CollectRows(r, scanNotification)
+	}
+	if err == nil && commit {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read feed: %w", err)
 	}
@@ -275,19 +308,15 @@ func jsonOrNull(b []byte) json.RawMessage {
 	return json.RawMessage(b)
 }
 
-// counts counts a user's unread and unseen rows, each scan stopping at
+// countsOf counts users' unread and unseen rows, each scan stopping at
 // cap+1 rows found. The rows scanned are those that can still count: all
 // the user's rows when no watermark covers them, else only the rows the
 // chosen watermark does not cover and the exceptions newer than it.
-func (s *Server) counts(ctx context.Context, tx pgx.Tx, user uuid.UUID, m marks) (Counts, error) {
-	cs, err := s.countsOf(ctx, tx, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
-	return cs[user], err
-}
-
-// countsOf counts for several users in one round trip (one or two
+//
+// It counts for several users in one round trip (one or two
 // statements a user, sent as one batch), and a second one for the few users
 // whose single pass found more rows than the cap (see queueCounts).
-func (s *Server) countsOf(ctx context.Context, tx pgx.Tx, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
+func (s *Server) countsOf(ctx context.Context, tx querier, users []uuid.UUID, ms map[uuid.UUID]marks) (map[uuid.UUID]Counts, error) {
 	var b pgx.Batch
 	plans := s.queueCounts(&b, users, ms)
 	res := tx.SendBatch(ctx, &b)
@@ -537,16 +566,56 @@ func snapXmin(snap string) uint64 {
 	return v
 }
 
-func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (c Counts, err error) {
-	err = readOnly(ctx, s, func(tx pgx.Tx) error {
-		m, err := loadMarks(ctx, tx, user)
-		if err != nil {
-			return err
-		}
-		c, err = s.counts(ctx, tx, user, m)
-		return err
-	})
-	return c, err
+// userCounts counts the user's rows in two round trips: BEGIN with the
+// read state, then the counts with COMMIT. The rare user whose single pass
+// cannot tell (countBothQuery) is counted again in a transaction of its
+// own (countAgain).
+func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (Counts, error) {
+	pc, err := s.pool.Acquire(ctx)
+	if err != nil {
+		return Counts{}, err
+	}
+	defer pc.Release()
+	conn := pc.Conn()
+	m, err := beginRead(ctx, conn, user)
+	if err != nil {
+		return Counts{}, err
+	}
+	var b pgx.Batch
+	plans := s.queueCounts(&b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	b.Queue(`COMMIT`)
+	res := conn.SendBatch(ctx, &b)
+	cs, redo, err := s.readCounts(res, plans)
+	if err == nil {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Counts{}, err
+	}
+	if len(redo) > 0 {
+		return s.countAgain(ctx, conn, user)
+	}
+	return cs[user], nil
+}
+
+// countAgain counts the user's rows, with one capped statement for each
+// count, in a read-only transaction of its own on conn.
+func (s *Server) countAgain(ctx context.Context, conn *pgx.Conn, user uuid.UUID) (Counts, error) {
+	m, err := beginRead(ctx, conn, user)
+	if err != nil {
+		return Counts{}, err
+	}
+	out, err := s.recount(ctx, conn, map[uuid.UUID]Counts{}, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	if err != nil {
+		return Counts{}, err
+	}
+	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
+		return Counts{}, err
+	}
+	return out[user], nil
 }
 
 // querier is what the statements of a change need: a pgx.Tx, or a
@@ -637,15 +706,7 @@ RETURNING `+marksColumns, user)
 	if len(redo) > 0 {
 		// The single pass could not tell; counted again after the change,
 		// with the read state as it is then.
-		err = pgx.BeginTxFunc(ctx, conn, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, func(tx pgx.Tx) error {
-			m, err := loadMarks(ctx, tx, user)
-			if err != nil {
-				return err
-			}
-			cs[user], err = s.counts(ctx, tx, user, m)
-			return err
-		})
-		if err != nil {
+		if cs[user], err = s.countAgain(ctx, conn, user); err != nil {
 			return 0, Counts{}, err
 		}
 	}

@@ -382,6 +382,59 @@ func (h *hub) activeUsers() []uuid.UUID {
 	return users
 }
 
+// read is the poll's one round trip: BEGIN, the snapshot, the rows of
+// users that it shows and prev did not (once started, for users with open
+// streams) and COMMIT, sent together.
+func (h *hub) read(ctx context.Context, prev snapshot, started bool, users []uuid.UUID) (cur snapshot, rows []streamRow, err error) {
+	pc, err := h.s.pool.Acquire(ctx)
+	if err != nil {
+		return cur, nil, err
+	}
+	defer pc.Release()
+	var b pgx.Batch
+	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	// A custom plan for the poll, in this transaction only (the API's
+	// connections default to generic plans, SessionParams): with its
+	// actual bound, the planner reads the few rows committed since through
+	// each partition's commit_xid index; the generic plan probed every
+	// partition for each user with an open stream, and delivery fell far
+	// behind. The setting is made before the next statement is planned:
+	// the server takes a pipeline's messages in order.
+	b.Queue(`SELECT pg_current_snapshot()::text, set_config('plan_cache_mode', 'force_custom_plan', true)`)
+	query := started && len(users) > 0
+	if query {
+		b.Queue(`SELECT `+streamColumns+` FROM notifications n
+WHERE n.commit_xid >= $1::text::xid8 AND n.user_id = ANY($3)
+UNION ALL
+SELECT `+streamColumns+` FROM notifications n
+WHERE n.commit_xid = ANY($2::text[]::xid8[]) AND n.user_id = ANY($3)
+ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
+	}
+	b.Queue(`COMMIT`)
+	res := pc.Conn().SendBatch(ctx, &b)
+	var text string
+	_, err = res.Exec()
+	if err == nil {
+		err = res.QueryRow().Scan(&text, nil)
+	}
+	if err == nil {
+		cur, err = parseSnapshot(text)
+	}
+	if err == nil && query {
+		var r pgx.Rows
+		if r, err = res.Query(); err == nil {
+			rows, err = pgx.CollectRows(r, scanStreamRow)
+		}
+	}
+	if err == nil {
+		_, err = res.Exec()
+	}
+	if cerr := res.Close(); err == nil {
+		err = cerr
+	}
+	return cur, rows, err
+}
+
 // poll reads, in one snapshot, that snapshot and the rows of the users with
 // open streams that it shows and the previous one did not, then hands them
 // on. See docs/architecture.md.
@@ -393,38 +446,7 @@ func (h *hub) poll(ctx context.Context) error {
 
 	ctx, cancel := context.WithTimeout(ctx, h.s.cfg.QueryTimeout)
 	defer cancel()
-	var cur snapshot
-	var rows []streamRow
-	err := readOnly(ctx, h.s, func(tx pgx.Tx) error {
-		var text string
-		// A custom plan for the poll, in this transaction only (the API's
-		// connections default to generic plans, SessionParams): with its
-		// actual bound, the planner reads the few rows committed since
-		// through each partition's commit_xid index; the generic plan
-		// probed every partition for each user with an open stream, and
-		// delivery fell far behind.
-		if err := tx.QueryRow(ctx, `SELECT pg_current_snapshot()::text, set_config('plan_cache_mode', 'force_custom_plan', true)`).Scan(&text, nil); err != nil {
-			return err
-		}
-		var err error
-		if cur, err = parseSnapshot(text); err != nil {
-			return err
-		}
-		if !started || len(users) == 0 {
-			return nil
-		}
-		r, err := tx.Query(ctx, `SELECT `+streamColumns+` FROM notifications n
-WHERE n.commit_xid >= $1::text::xid8 AND n.user_id = ANY($3)
-UNION ALL
-SELECT `+streamColumns+` FROM notifications n
-WHERE n.commit_xid = ANY($2::text[]::xid8[]) AND n.user_id = ANY($3)
-ORDER BY 1, 3`, strconv.FormatUint(prev.xmax, 10), prev.xipText(), users)
-		if err != nil {
-			return err
-		}
-		rows, err = pgx.CollectRows(r, scanStreamRow)
-		return err
-	})
+	cur, rows, err := h.read(ctx, prev, started, users)
 	if err != nil {
 		return err
 	}

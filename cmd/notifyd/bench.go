@@ -12,15 +12,16 @@ import (
 )
 
 type benchCmd struct {
-	Brokers     []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka brokers to benchmark against; empty uses an embedded broker."`
-	DatabaseURL string        `name:"database-url" env:"NOTIFYD_DATABASE_URL,DATABASE_URL" help:"PostgreSQL to benchmark against; empty uses the local server. The benchmark works in a schema of its own and drops it."`
-	Messages    int           `name:"messages" default:"500000" help:"Preloaded messages drained end to end."`
-	Rate        int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
-	Duration    time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
-	History     int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in daily partitions) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
-	JSON        bool          `name:"json" help:"Print the result as one JSON object."`
-	API         bool          `name:"api" help:"Also measure the inbox API of a real 'notifyd serve' over --api-history rows: feed and counts latency at 500 req/s over 10,000 users, stream delivery with 1,000 open streams at 1,000 rows/s, memory per idle stream, and the ingest rate while 100 mark-read req/s run (result under \"api\")."`
-	APIHistory  int           `name:"api-history" default:"5000000" help:"Rows of history loaded before the API is measured."`
+	Brokers              []string      `name:"brokers" env:"NOTIFYD_BROKERS" sep:"," help:"Kafka brokers to benchmark against; empty uses an embedded broker."`
+	DatabaseURL          string        `name:"database-url" env:"NOTIFYD_DATABASE_URL,DATABASE_URL" help:"PostgreSQL to benchmark against; empty uses the local server. The benchmark works in a schema of its own and drops it."`
+	Messages             int           `name:"messages" default:"500000" help:"Preloaded messages drained end to end."`
+	Rate                 int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
+	Duration             time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
+	History              int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in daily partitions) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
+	JSON                 bool          `name:"json" help:"Print the result as one JSON object."`
+	API                  bool          `name:"api" help:"Also measure the inbox API of a real 'notifyd serve' over --api-history rows: feed and counts latency at 500 req/s over 10,000 users, stream delivery with 1,000 open streams at 1,000 rows/s, memory per idle stream, and the ingest rate while 100 mark-read req/s run (result under \"api\")."`
+	APIHistory           int           `name:"api-history" default:"5000000" help:"Rows of history loaded before the API is measured."`
+	APIPartitionInterval time.Duration `name:"api-partition-interval" default:"${partition_interval}" help:"Partition interval of the API phase's table (its history and its ingest drains' notifyd run)."`
 	logFlags
 	kafkaAuthFlags
 }
@@ -54,6 +55,9 @@ func (c *benchCmd) validate() error {
 	if c.API && c.APIHistory < 1000 {
 		errs = append(errs, fmt.Errorf("--api-history: must be at least 1000, got %d", c.APIHistory))
 	}
+	if iv := c.APIPartitionInterval; c.API && (iv < time.Hour || iv%time.Minute != 0) {
+		errs = append(errs, fmt.Errorf("--api-partition-interval: must be at least 1h and a whole number of minutes, got %s", iv))
+	}
 	if c.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
 	}
@@ -85,6 +89,7 @@ func (c *benchCmd) Run(ctx context.Context) error {
 	if c.API {
 		apiRes, err = bench.RunAPI(ctx, bench.APIConfig{
 			DatabaseURL: c.DatabaseURL, Executable: exe, History: c.APIHistory, Duration: c.Duration, Log: log,
+			PartitionInterval: c.APIPartitionInterval,
 		})
 		if err != nil {
 			return fmt.Errorf("inbox API: %w", err)

@@ -46,7 +46,11 @@ type APIConfig struct {
 	StreamRate  int           // rows per second written during the stream phase; 0 means 1,000
 	Ingest      int           // messages of each ingest drain; 0 means 200,000
 	MarkRate    int           // mark-read requests per second during the busy drain; 0 means 100
-	Log         *slog.Logger
+	// PartitionInterval is the partition interval of the API phase's table
+	// (its history, and the ingest drains' notifyd run); 0 means notifyd's
+	// default.
+	PartitionInterval time.Duration
+	Log               *slog.Logger
 }
 
 func (c APIConfig) withDefaults() APIConfig {
@@ -135,7 +139,7 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 	}
 	defer adm.Pool().Exec(context.WithoutCancel(ctx), "DROP SCHEMA "+schema+" CASCADE") //nolint:errcheck // best effort
 	url := withSearchPath(adm.Pool().Config().ConnConfig, schema)
-	store, err := openWithHistory(ctx, url, apiHistorySpan, 8)
+	store, err := openWithHistory(ctx, url, apiHistorySpan, cfg.PartitionInterval, 8)
 	if err != nil {
 		return nil, err
 	}
@@ -182,14 +186,15 @@ func RunAPI(ctx context.Context, cfg APIConfig) (*APIResult, error) {
 const apiHistorySpan = 28 * 24 * time.Hour
 
 // openWithHistory migrates the schema of url as a database that has run
-// for span would be, with a partition for each day of it (migrated with
-// the clock set back, so that the fresh table's regular partitions start
-// there; span 0 skips that), maintains it to today and ahead, and opens it
-// with a pool of maxConns (0: the default).
-func openWithHistory(ctx context.Context, url string, span time.Duration, maxConns int32) (*postgres.Store, error) {
+// for span would be, with a partition for each interval of it (migrated
+// with the clock set back, so that the fresh table's regular partitions
+// start there; span 0 skips that; interval 0 is notifyd's default),
+// maintains it to today and ahead, and opens it with a pool of maxConns
+// (0: the default).
+func openWithHistory(ctx context.Context, url string, span, interval time.Duration, maxConns int32) (*postgres.Store, error) {
 	if span > 0 {
 		back := time.Now().Add(-span - 24*time.Hour)
-		early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }})
+		early, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: 1, Now: func() time.Time { return back }, PartitionInterval: interval})
 		if err != nil {
 			return nil, err
 		}
@@ -199,7 +204,7 @@ func openWithHistory(ctx context.Context, url string, span time.Duration, maxCon
 			return nil, err
 		}
 	}
-	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: maxConns})
+	store, err := postgres.Open(ctx, postgres.Config{URL: url, MaxConns: maxConns, PartitionInterval: interval})
 	if err != nil {
 		return nil, err
 	}
@@ -810,8 +815,12 @@ func drainRate(ctx context.Context, cfg APIConfig, brokers []string, url, topic 
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, cfg.Executable, "run", "--brokers", strings.Join(brokers, ","), "--topic", topic,
-		"--group", "bench-"+topic, "--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn")
+	args := []string{"run", "--brokers", strings.Join(brokers, ","), "--topic", topic,
+		"--group", "bench-" + topic, "--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn"}
+	if cfg.PartitionInterval > 0 {
+		args = append(args, "--partition-interval", cfg.PartitionInterval.String())
+	}
+	cmd := exec.CommandContext(ctx, cfg.Executable, args...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	checkpoint(ctx, store) // each drain from the same point of the checkpoint cycle
 	start := time.Now()

@@ -164,7 +164,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.History > 0 {
 		span = HistorySpan
 	}
-	store, err := openWithHistory(ctx, url, span, 0)
+	store, err := openWithHistory(ctx, url, span, 0, 0)
 	if err != nil {
 		return nil, err
 	}

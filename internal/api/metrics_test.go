@@ -33,7 +33,13 @@ func TestMetrics(t *testing.T) {
 	}
 	e.write(row(user, time.Now(), "x"))
 	s.notifications(t, 1, 5*time.Second)
-	if got := testutil.ToFloat64(m.events.WithLabelValues("notification")); got != 1 {
+	// The stream counts an event once its write has returned, which can
+	// be after the client has read it.
+	events := func() float64 { return testutil.ToFloat64(m.events.WithLabelValues("notification")) }
+	for deadline := time.Now().Add(5 * time.Second); events() != 1 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := events(); got != 1 {
 		t.Errorf("notification events: got %v, want 1", got)
 	}
 	s.close()

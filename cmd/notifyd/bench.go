@@ -21,6 +21,7 @@ type benchCmd struct {
 	JSON                 bool          `name:"json" help:"Print the result as one JSON object."`
 	API                  bool          `name:"api" help:"Also measure the inbox API of a real 'notifyd serve' over --api-history rows: feed and counts latency at 500 req/s over 10,000 users, stream delivery with 1,000 open streams at 1,000 rows/s, memory per idle stream, and the ingest rate while 100 mark-read req/s run (result under \"api\")."`
 	APIHistory           int           `name:"api-history" default:"5000000" help:"Rows of history loaded before the API is measured."`
+	PartitionInterval    time.Duration `name:"partition-interval" default:"${partition_interval}" help:"Partition interval of the main and --history phases' table (its history, and their drains' notifyd run)."`
 	APIPartitionInterval time.Duration `name:"api-partition-interval" default:"${partition_interval}" help:"Partition interval of the API phase's table (its history and its ingest drains' notifyd run)."`
 	logFlags
 	kafkaAuthFlags
@@ -55,8 +56,14 @@ func (c *benchCmd) validate() error {
 	if c.API && c.APIHistory < 1000 {
 		errs = append(errs, fmt.Errorf("--api-history: must be at least 1000, got %d", c.APIHistory))
 	}
-	if iv := c.APIPartitionInterval; c.API && (iv < time.Hour || iv%time.Minute != 0) {
-		errs = append(errs, fmt.Errorf("--api-partition-interval: must be at least 1h and a whole number of minutes, got %s", iv))
+	for _, f := range []struct {
+		name string
+		iv   time.Duration
+		on   bool
+	}{{"--partition-interval", c.PartitionInterval, true}, {"--api-partition-interval", c.APIPartitionInterval, c.API}} {
+		if f.on && (f.iv < time.Hour || f.iv%time.Minute != 0) {
+			errs = append(errs, fmt.Errorf("%s: must be at least 1h and a whole number of minutes, got %s", f.name, f.iv))
+		}
 	}
 	if c.Duration < time.Second {
 		errs = append(errs, fmt.Errorf("--duration: must be at least 1s, got %s", c.Duration))
@@ -77,10 +84,12 @@ func (c *benchCmd) Run(ctx context.Context) error {
 		return err
 	}
 	childArgs, childEnv := c.kafkaAuthFlags.childArgs()
+	childArgs = append(childArgs, "--partition-interval", c.PartitionInterval.String())
 	res, err := bench.Run(ctx, bench.Config{
 		Messages: c.Messages, Rate: c.Rate, Duration: c.Duration,
 		Brokers: c.Brokers, DatabaseURL: c.DatabaseURL, Executable: exe, Log: log,
 		KafkaOpts: auth, ChildArgs: childArgs, ChildEnv: childEnv, History: c.History,
+		PartitionInterval: c.PartitionInterval,
 	})
 	if err != nil {
 		return err

@@ -119,6 +119,7 @@ func TestBadSettingsFailAtStart(t *testing.T) {
 		{"produce: broker without port", []string{"produce", "--count", "1", "--brokers", "nohost"}, nil, "--brokers"},
 		{"dlq: broker without port", []string{"dlq", "list", "--brokers", "nohost"}, nil, "--brokers"},
 		{"bench: api partition interval under an hour", []string{"bench", "--api", "--api-partition-interval", "10m"}, nil, "--api-partition-interval"},
+		{"bench: partition interval not whole minutes", []string{"bench", "--partition-interval", "90m30s"}, nil, "--partition-interval"},
 		{"unknown command", []string{"runn"}, nil, "runn"},
 		{"health: bad address", []string{"health", "--metrics-addr", "localhost"}, nil, "--metrics-addr"},
 		{"health: zero timeout", []string{"health", "--timeout", "0s"}, nil, "--timeout"},

@@ -61,6 +61,10 @@ type Config struct {
 	// before now, in daily partitions) are loaded after the empty-table
 	// drain, before a second drain of Messages new messages; 0 skips it.
 	History int
+	// PartitionInterval is the partition interval of the benchmark's table;
+	// 0 means notifyd's default. The drains' notifyd run must be given the
+	// same (ChildArgs).
+	PartitionInterval time.Duration
 }
 
 // HistorySpan is how far back the history of Config.History reaches.
@@ -164,7 +168,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	if cfg.History > 0 {
 		span = HistorySpan
 	}
-	store, err := openWithHistory(ctx, url, span, 0, 0)
+	store, err := openWithHistory(ctx, url, span, cfg.PartitionInterval, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -17,7 +17,7 @@ type benchCmd struct {
 	Messages             int           `name:"messages" default:"500000" help:"Preloaded messages drained end to end."`
 	Rate                 int           `name:"rate" default:"1000" help:"Offered load of the latency phase, msg/s."`
 	Duration             time.Duration `name:"duration" default:"10s" help:"Length of the latency phase."`
-	History              int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in daily partitions) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
+	History              int           `name:"history" default:"0" help:"Rows of history (spread over 8 weeks, in partitions of --partition-interval) loaded after the empty-table drain, before a second drain of --messages into the table holding them; 0 skips it."`
 	JSON                 bool          `name:"json" help:"Print the result as one JSON object."`
 	API                  bool          `name:"api" help:"Also measure the inbox API of a real 'notifyd serve' over --api-history rows: feed and counts latency at 500 req/s over 10,000 users, stream delivery with 1,000 open streams at 1,000 rows/s, memory per idle stream, and the ingest rate while 100 mark-read req/s run (result under \"api\")."`
 	APIHistory           int           `name:"api-history" default:"5000000" help:"Rows of history loaded before the API is measured."`
@@ -84,7 +84,6 @@ func (c *benchCmd) Run(ctx context.Context) error {
 		return err
 	}
 	childArgs, childEnv := c.kafkaAuthFlags.childArgs()
-	childArgs = append(childArgs, "--partition-interval", c.PartitionInterval.String())
 	res, err := bench.Run(ctx, bench.Config{
 		Messages: c.Messages, Rate: c.Rate, Duration: c.Duration,
 		Brokers: c.Brokers, DatabaseURL: c.DatabaseURL, Executable: exe, Log: log,

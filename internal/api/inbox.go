@@ -160,6 +160,10 @@ func readOnly(ctx context.Context, s *Server, f func(pgx.Tx) error) error {
 	return pgx.BeginTxFunc(ctx, s.pool, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly}, f)
 }
 
+// beginReadOnly opens the API's read transactions: one snapshot for all
+// their statements.
+const beginReadOnly = `BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`
+
 // beginRead starts a read-only repeatable-read transaction on conn and
 // loads the user's read state in it, in one round trip. A feed or a count
 // then sends its statements and COMMIT together: two round trips, where
@@ -168,7 +172,7 @@ func readOnly(ctx context.Context, s *Server, f func(pgx.Tx) error) error {
 // pool on release, not reused.
 func beginRead(ctx context.Context, conn *pgx.Conn, user uuid.UUID) (marks, error) {
 	var b pgx.Batch
-	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(beginReadOnly)
 	b.Queue(`SELECT `+marksColumns+` FROM notifyd_inbox_users WHERE user_id = $1`, user)
 	res := conn.SendBatch(ctx, &b)
 	_, err := res.Exec()
@@ -582,11 +586,29 @@ func (s *Server) userCounts(ctx context.Context, user uuid.UUID) (Counts, error)
 	if err != nil {
 		return Counts{}, err
 	}
-	var b pgx.Batch
-	plans := s.queueCounts(&b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
-	b.Queue(`COMMIT`)
-	res := conn.SendBatch(ctx, &b)
-	cs, redo, err := s.readCounts(res, plans)
+	return s.countsAndEnd(ctx, conn, &pgx.Batch{}, user, m, `COMMIT`)
+}
+
+// countsAndEnd sends the statements already in b, the user's counts with
+// read state m and end (COMMIT or ROLLBACK) in one round trip, and returns
+// the counts. A user whose single pass cannot tell is counted again after
+// end, in a transaction of its own (countAgain).
+func (s *Server) countsAndEnd(ctx context.Context, conn *pgx.Conn, b *pgx.Batch, user uuid.UUID, m marks, end string) (Counts, error) {
+	before := b.Len()
+	plans := s.queueCounts(b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
+	b.Queue(end)
+	res := conn.SendBatch(ctx, b)
+	var err error
+	for range before {
+		if _, err = res.Exec(); err != nil {
+			break
+		}
+	}
+	var cs map[uuid.UUID]Counts
+	var redo []uuid.UUID
+	if err == nil {
+		cs, redo, err = s.readCounts(res, plans)
+	}
 	if err == nil {
 		_, err = res.Exec()
 	}
@@ -678,40 +700,19 @@ RETURNING `+marksColumns, user)
 	}
 
 	b = pgx.Batch{}
+	end := `COMMIT`
 	if updated > 0 {
 		b.Queue(`SELECT pg_notify('notifyd_inbox_marks', $1)`, user.String())
-	}
-	plans := s.queueCounts(&b, []uuid.UUID{user}, map[uuid.UUID]marks{user: m})
-	end := `COMMIT`
-	if updated == 0 {
+	} else {
 		end = `ROLLBACK`
 	}
-	b.Queue(end)
-	res = conn.SendBatch(ctx, &b)
-	if updated > 0 {
-		if _, err := res.Exec(); err != nil {
-			res.Close()
-			return 0, Counts{}, fmt.Errorf("notify streams: %w", err)
-		}
-	}
-	cs, redo, err := s.readCounts(res, plans)
-	if err == nil {
-		_, err = res.Exec()
-	}
-	if cerr := res.Close(); err == nil {
-		err = cerr
-	}
+	// The counts after the change; a user whose single pass cannot tell
+	// is counted again after it, with the read state as it is then.
+	c, err = s.countsAndEnd(ctx, conn, &b, user, m, end)
 	if err != nil {
 		return 0, Counts{}, err
 	}
-	if len(redo) > 0 {
-		// The single pass could not tell; counted again after the change,
-		// with the read state as it is then.
-		if cs[user], err = s.countAgain(ctx, conn, user); err != nil {
-			return 0, Counts{}, err
-		}
-	}
-	return updated, cs[user], nil
+	return updated, c, nil
 }
 
 // recentRows is the SQL span of the rows that a change by ids looks in

@@ -392,7 +392,7 @@ func (h *hub) read(ctx context.Context, prev snapshot, started bool, users []uui
 	}
 	defer pc.Release()
 	var b pgx.Batch
-	b.Queue(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`)
+	b.Queue(beginReadOnly)
 	// A custom plan for the poll, in this transaction only (the API's
 	// connections default to generic plans, SessionParams): with its
 	// actual bound, the planner reads the few rows committed since through

@@ -58,12 +58,11 @@ type Config struct {
 	ChildEnv  []string
 	Log       *slog.Logger
 	// History is how many rows of history (spread over the HistorySpan
-	// before now, in daily partitions) are loaded after the empty-table
+	// before now, in partitions of PartitionInterval) are loaded after the empty-table
 	// drain, before a second drain of Messages new messages; 0 skips it.
 	History int
-	// PartitionInterval is the partition interval of the benchmark's table;
-	// 0 means notifyd's default. The drains' notifyd run must be given the
-	// same (ChildArgs).
+	// PartitionInterval is the partition interval of the benchmark's table
+	// and of its drains' notifyd run; 0 means notifyd's default.
 	PartitionInterval time.Duration
 }
 
@@ -369,6 +368,9 @@ func drain(ctx context.Context, cfg Config, brokers []string, url, topic string,
 	args := append([]string{"run",
 		"--brokers", strings.Join(brokers, ","), "--topic", topic, "--group", "bench",
 		"--database-url", url, "--metrics-addr", metricsAddr, "--log-level", "warn"}, cfg.ChildArgs...)
+	if cfg.PartitionInterval > 0 {
+		args = append(args, "--partition-interval", cfg.PartitionInterval.String())
+	}
 	cmd := exec.CommandContext(ctx, cfg.Executable, args...)
 	cmd.Env = append(os.Environ(), cfg.ChildEnv...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr

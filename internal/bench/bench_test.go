@@ -147,6 +147,9 @@ func TestDrainStopsTheChild(t *testing.T) {
 func TestDatabaseCPUKeepsWhatExitedBackendsSpent(t *testing.T) {
 	before, found := databaseCPU()
 	if !found {
+		if os.Getenv("CI") != "" {
+			t.Fatal("no postgres process on this machine: CI runs its database here")
+		}
 		t.Skip("the test database's server does not run on this machine")
 	}
 	ctx := context.Background()

@@ -44,6 +44,9 @@ type Server struct {
 	// their start against stopped.
 	streamsMu sync.Mutex
 	streams   sync.WaitGroup
+	// hangups watches the taken-over connections for clients that hang
+	// up. Run sets it before the hub starts any stream.
+	hangups *hangups
 	// routes are the patterns served, for the OpenAPI check.
 	routes []string
 }
@@ -72,12 +75,21 @@ func (s *Server) Handler() http.Handler { return s.handler }
 // for them (an http.Server's Shutdown neither waits for nor is held by
 // them: their connections were taken over). Call it once.
 func (s *Server) Run(ctx context.Context) error {
-	err := s.hub.run(ctx)
+	h, err := newHangups()
+	if err != nil {
+		return err
+	}
+	s.hangups = h
+	var watching sync.WaitGroup
+	watching.Go(h.run)
+	err = s.hub.run(ctx)
 	s.streamsMu.Lock()
 	close(s.stopped)
 	s.streamsMu.Unlock()
-	s.hub.wakeAll()
+	s.hub.endAll()
 	s.streams.Wait()
+	h.close()
+	watching.Wait()
 	return err
 }
 

@@ -37,14 +37,21 @@ type sub struct {
 	// queue holds the events of one hub query per element, bounded by
 	// Config.StreamBuffer; bounding it in queries, not rows, lets a large
 	// batch through whole. It is a slice rather than a buffered channel so
-	// that an idle stream holds no buffer. qmu guards it and conn; ready
-	// has a token while it is not empty.
+	// that an idle stream holds no buffer. qmu guards it and the fields up
+	// to ended; ready has a token while it is not empty.
 	qmu   sync.Mutex
 	queue [][]event
 	ready chan struct{}
-	// conn is the connection taken over from net/http, once the stream's
-	// goroutine waits in a read of it (serveConn); wake ends that read.
-	conn net.Conn
+	// conn is the connection taken over from net/http, once the stream
+	// is served on it. beat says a heartbeat comment is due, writing that
+	// a writer runs (writeConn), ended that the stream has ended
+	// (hub.endLocked): wakes no longer start writers.
+	conn    net.Conn
+	beat    bool
+	writing bool
+	ended   bool
+	timer   *time.Timer // the heartbeat
+	hangup  uint64      // its registration with Server.hangups; 0: none
 	// after is the client's Last-Event-ID, if any: the hub starts the
 	// stream only at a snapshot that covers it.
 	after *position
@@ -102,6 +109,10 @@ func (h *hub) subscribe(user uuid.UUID, after *position) *sub {
 func (h *hub) unsubscribe(sb *sub) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.unsubscribeLocked(sb)
+}
+
+func (h *hub) unsubscribeLocked(sb *sub) {
 	delete(h.pending, sb)
 	if m := h.active[sb.user]; m != nil {
 		delete(m, sb)
@@ -122,23 +133,47 @@ func (sb *sub) take() [][]event {
 
 // wake tells sb's writer that its queue, its dropped channel or the
 // server's stopped has news: a token in ready for a stream served by its
-// handler, and for one on a taken-over connection a read deadline in the
-// past, which ends the read its goroutine waits in.
-func (sb *sub) wake() {
+// handler; for one on a taken-over connection, a writer (writeConn) unless
+// one runs, which loops until it finds nothing to write.
+func (sb *sub) wake(s *Server) {
 	select {
 	case sb.ready <- struct{}{}:
 	default:
 	}
 	sb.qmu.Lock()
-	c := sb.conn
-	sb.qmu.Unlock()
-	if c != nil {
-		_ = c.SetReadDeadline(longAgo)
+	defer sb.qmu.Unlock()
+	if sb.conn == nil || sb.writing || sb.ended {
+		return
 	}
+	sb.writing = s.goStream(func() { s.writeConn(sb) })
 }
 
-// longAgo is a deadline that has passed.
-var longAgo = time.Unix(1, 0)
+// end ends sb, if it is served on a taken-over connection (endLocked).
+func (h *hub) end(sb *sub) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.endLocked(sb)
+}
+
+// endLocked ends sb, once, if it is served on a connection taken over from
+// net/http: it unregisters sb, stops its heartbeat and closes the
+// connection, which ends a write in progress at once. A stream still in
+// its handler ends by its channels instead. Called with h.mu held.
+func (h *hub) endLocked(sb *sub) {
+	sb.qmu.Lock()
+	c, tok := sb.conn, sb.hangup
+	if c == nil || sb.ended {
+		sb.qmu.Unlock()
+		return
+	}
+	sb.ended = true
+	sb.timer.Stop()
+	sb.qmu.Unlock()
+	h.unsubscribeLocked(sb)
+	h.s.hangups.forget(tok)
+	_ = c.Close()
+	h.s.metrics.open.Dec()
+}
 
 // pending is how many batches sb's queue holds.
 func (sb *sub) pending() int {
@@ -158,8 +193,9 @@ func (h *hub) send(sb *sub, evs []event) {
 	sb.qmu.Unlock()
 	if full {
 		h.dropLocked(sb)
+		return
 	}
-	sb.wake()
+	sb.wake(h.s)
 }
 
 // drop ends sb because its client does not keep up: its queue is full
@@ -181,12 +217,7 @@ func (h *hub) dropLocked(sb *sub) {
 	close(sb.dropped)
 	// A write the client does not read ends now, not at its deadline:
 	// what it holds is freed with the stream.
-	sb.qmu.Lock()
-	c := sb.conn
-	sb.qmu.Unlock()
-	if c != nil {
-		_ = c.SetWriteDeadline(longAgo)
-	}
+	h.endLocked(sb)
 	if m := h.active[sb.user]; m != nil {
 		delete(m, sb)
 		if len(m) == 0 {
@@ -201,16 +232,19 @@ func (h *hub) dropLocked(sb *sub) {
 func (h *hub) writeFailed(sb *sub, err error) {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		h.drop(sb)
+		return
 	}
+	h.end(sb)
 }
 
-// wakeAll wakes every open stream: the server is stopping.
-func (h *hub) wakeAll() {
+// endAll ends every open stream on a taken-over connection: the server is
+// stopping (the streams still in their handlers see stopped).
+func (h *hub) endAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, m := range h.active {
 		for sb := range m {
-			sb.wake()
+			h.endLocked(sb)
 		}
 	}
 }
@@ -670,16 +704,99 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 	}
 	// The database work above grew this goroutine's stack, and net/http
 	// would keep its buffers for the connection: an idle stream holds
-	// neither once a fresh goroutine of its own serves it.
-	handedOff = s.goStream(func() {
-		defer s.metrics.open.Dec()
-		defer s.hub.unsubscribe(sb)
-		s.serveConn(sb, out)
-		out.close()
-	})
-	if !handedOff {
-		out.close()
-		s.metrics.open.Dec()
+	// neither once a reader of its own serves it, and a writer runs only
+	// while there is something to write (docs/architecture.md, "Goroutines
+	// and what each owns").
+	conn := out.conn
+	handedOff = true
+	sb.qmu.Lock()
+	sb.conn = conn
+	sb.timer = time.AfterFunc(s.cfg.Heartbeat, func() { s.heartbeat(sb) })
+	sb.qmu.Unlock()
+	// The client hanging up ends the stream: the hangup watcher sees it
+	// without a goroutine of the stream's, or else a goroutine waits in a
+	// read of the connection.
+	if tok, err := s.hangups.watch(conn, func() { s.hub.end(sb) }); err == nil {
+		sb.qmu.Lock()
+		sb.hangup = tok
+		sb.qmu.Unlock()
+	} else if !s.goStream(func() { s.readConn(sb) }) {
+		s.hub.end(sb)
+	}
+	select {
+	case <-s.stopped:
+		// Run may have ended the open streams before this one was
+		// served on its connection.
+		s.hub.end(sb)
+		return
+	default:
+	}
+	// What the hub queued since the start snapshot.
+	sb.wake(s)
+}
+
+// readConn waits in a read of sb's connection, which fails when the client
+// closes it or the stream ends (hub.endLocked closes it), and then ends
+// the stream. Bytes the client sends (it has no reason to) are read and
+// ignored. It serves where the hangup watcher cannot.
+func (s *Server) readConn(sb *sub) {
+	var b [1]byte
+	for {
+		if _, err := sb.conn.Read(b[:]); err != nil {
+			break
+		}
+	}
+	s.hub.end(sb)
+}
+
+// heartbeat marks a comment due on sb and wakes its writer; it runs every
+// Config.Heartbeat from sb's timer.
+func (s *Server) heartbeat(sb *sub) {
+	sb.qmu.Lock()
+	if sb.ended {
+		sb.qmu.Unlock()
+		return
+	}
+	sb.beat = true
+	sb.timer.Reset(s.cfg.Heartbeat)
+	sb.qmu.Unlock()
+	sb.wake(s)
+}
+
+// writeConn writes what sb's queue holds and the heartbeat due, until it
+// finds neither; sb.writing (set by wake) makes it the stream's only
+// writer. A failed write ends the stream.
+func (s *Server) writeConn(sb *sub) {
+	out := &sseOut{s: s, conn: sb.conn}
+	for {
+		sb.qmu.Lock()
+		q, beat := sb.queue, sb.beat
+		sb.queue, sb.beat = nil, false
+		if sb.ended || len(q) == 0 && !beat {
+			sb.writing = false
+			sb.qmu.Unlock()
+			return
+		}
+		sb.qmu.Unlock()
+		select {
+		case <-sb.dropped:
+			return
+		case <-s.stopped:
+			return
+		default:
+		}
+		for _, evs := range q {
+			for _, ev := range evs {
+				out.event(ev)
+			}
+		}
+		if beat {
+			out.buf = append(out.buf, ": heartbeat\n\n"...)
+		}
+		if err := out.flush(); err != nil {
+			s.hub.writeFailed(sb, err)
+			return
+		}
 	}
 }
 
@@ -763,47 +880,6 @@ func (s *Server) pump(sb *sub, out *sseOut, gone <-chan struct{}) {
 		}
 		if err := out.flush(); err != nil {
 			s.hub.writeFailed(sb, err)
-			return
-		}
-	}
-}
-
-// serveConn is pump on a connection taken over from net/http, with one
-// goroutine and no timer or channel of its own: between writes the
-// goroutine waits in a read of the connection, which ends when the client
-// closes it, at the next heartbeat (the read deadline) or when sb.wake
-// moves the deadline to the past. The deadline is set before the queue is
-// looked at, so a wake after that look ends the read that follows it.
-func (s *Server) serveConn(sb *sub, out *sseOut) {
-	sb.qmu.Lock()
-	sb.conn = out.conn
-	sb.qmu.Unlock()
-	beat := time.Now().Add(s.cfg.Heartbeat)
-	var b [1]byte
-	for {
-		if now := time.Now(); !now.Before(beat) {
-			out.buf = append(out.buf, ": heartbeat\n\n"...)
-			beat = now.Add(s.cfg.Heartbeat)
-		}
-		_ = out.conn.SetReadDeadline(beat)
-		select {
-		case <-sb.dropped:
-			return
-		case <-s.stopped:
-			return
-		default:
-		}
-		out.queued(sb)
-		if len(out.buf) > 0 {
-			if err := out.flush(); err != nil {
-				s.hub.writeFailed(sb, err)
-				return
-			}
-		}
-		// Bytes the client sends (it has no reason to) are read and
-		// ignored; a read that fails otherwise than by its deadline is
-		// the client closing.
-		if _, err := out.conn.Read(b[:]); err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 			return
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -377,5 +378,62 @@ func TestStreamCountsReadStateChangedWhileNotListening(t *testing.T) {
 	proxy.Restore()
 	if ev := s.next(t, "counts", 15*time.Second); ev.data != `{"unread":0,"unseen":2,"capped":false}` {
 		t.Fatalf("counts after the outage %s", ev.data)
+	}
+}
+
+// TestIdleStreamsHoldNoGoroutine opens streams from raw connections (the
+// client side has no goroutine either), waits until each has had its
+// first event and its writer has ended, and checks that the server holds
+// no goroutine for them; then the clients hang up, and every stream ends.
+func TestIdleStreamsHoldNoGoroutine(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the hangup watcher uses epoll; elsewhere each stream waits in a read of its own")
+	}
+	e := newEnv(t, Config{}, "")
+	const n = 50
+	addr := strings.TrimPrefix(e.http.URL, "http://")
+	base := runtime.NumGoroutine()
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+		fmt.Fprintf(c, "GET /v1/inbox/stream HTTP/1.1\r\nHost: notifyd\r\nAuthorization: Bearer %s\r\n\r\n", token(t, uuid.New()))
+		br := bufio.NewReader(c)
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("stream %d: %v before its first counts event", i, err)
+			}
+			if l == "event: counts\n" {
+				break
+			}
+		}
+	}
+	open := func() float64 { return testutil.ToFloat64(e.api.metrics.open) }
+	if got := open(); got != n {
+		t.Fatalf("open streams %v, want %d", got, n)
+	}
+	// Handlers and writers end shortly after the first event.
+	var extra int
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if extra = runtime.NumGoroutine() - base; extra < n/10 || time.Now().After(deadline) {
+			break
+		}
+	}
+	if extra >= n/10 {
+		t.Fatalf("%d idle streams hold %d goroutines, want none", n, extra)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	for deadline := time.Now().Add(5 * time.Second); open() != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v streams still open 5 s after their clients hung up", open())
+		}
 	}
 }

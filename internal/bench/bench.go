@@ -243,6 +243,11 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer lcl.Close()
+	// The latency phase runs the pipeline in this process, so it makes the
+	// dead-letter topic as notifyd run would.
+	if err := dlq.EnsureTopic(ctx, adm, log, dlq.DefaultTopic(latTopic), latTopic, 3); err != nil {
+		return nil, err
+	}
 	if err := latency(ctx, cfg, res, brokers, store, lcl, latTopic); err != nil {
 		return nil, fmt.Errorf("latency: %w", err)
 	}

@@ -38,7 +38,7 @@ type sub struct {
 	// Config.StreamBuffer; bounding it in queries, not rows, lets a large
 	// batch through whole. It is a slice rather than a buffered channel so
 	// that an idle stream holds no buffer. qmu guards it and the fields up
-	// to ended; ready has a token while it is not empty.
+	// to hangup; ready has a token while it is not empty.
 	qmu   sync.Mutex
 	queue [][]event
 	ready chan struct{}
@@ -218,12 +218,7 @@ func (h *hub) dropLocked(sb *sub) {
 	// A write the client does not read ends now, not at its deadline:
 	// what it holds is freed with the stream.
 	h.endLocked(sb)
-	if m := h.active[sb.user]; m != nil {
-		delete(m, sb)
-		if len(m) == 0 {
-			delete(h.active, sb.user)
-		}
-	}
+	h.unsubscribeLocked(sb) // a stream still in its handler
 	h.s.metrics.dropped.Inc()
 }
 
@@ -704,9 +699,9 @@ func (s *Server) handleStream(w http.ResponseWriter, r *http.Request, user uuid.
 	}
 	// The database work above grew this goroutine's stack, and net/http
 	// would keep its buffers for the connection: an idle stream holds
-	// neither once a reader of its own serves it, and a writer runs only
-	// while there is something to write (docs/architecture.md, "Goroutines
-	// and what each owns").
+	// neither, nor any goroutine, once the hangup watcher has its
+	// connection and a writer runs only while there is something to write
+	// (docs/architecture.md, "Goroutines and what each owns").
 	conn := out.conn
 	handedOff = true
 	sb.qmu.Lock()
@@ -764,8 +759,8 @@ func (s *Server) heartbeat(sb *sub) {
 }
 
 // writeConn writes what sb's queue holds and the heartbeat due, until it
-// finds neither; sb.writing (set by wake) makes it the stream's only
-// writer. A failed write ends the stream.
+// finds neither or the stream has ended; sb.writing (set by wake) makes it
+// the stream's only writer. A failed write ends the stream.
 func (s *Server) writeConn(sb *sub) {
 	out := &sseOut{s: s, conn: sb.conn}
 	for {
@@ -778,13 +773,6 @@ func (s *Server) writeConn(sb *sub) {
 			return
 		}
 		sb.qmu.Unlock()
-		select {
-		case <-sb.dropped:
-			return
-		case <-s.stopped:
-			return
-		default:
-		}
 		for _, evs := range q {
 			for _, ev := range evs {
 				out.event(ev)

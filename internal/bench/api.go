@@ -487,9 +487,12 @@ func rssKB(pid int) (float64, error) {
 // scavenger, or for a collection the next allocations start).
 const idleSettle = 30 * time.Second
 
+// weighAfter is how long after the streams opened they are first weighed.
+const weighAfter = 3 * time.Second
+
 func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *serveProc, store *postgres.Store, users []uuid.UUID) error {
 	n := min(cfg.Streams, len(users))
-	time.Sleep(3 * time.Second) // settle after the feed load, as after opening the streams
+	time.Sleep(weighAfter) // settle after the feed load, as after opening the streams
 	before, goBefore, goGCBefore, err := srv.weigh(ctx)
 	if err != nil {
 		return err
@@ -551,7 +554,7 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 	if err, _ := openErr.Load().(error); err != nil {
 		return err
 	}
-	time.Sleep(3 * time.Second) // let the server settle before weighing it
+	time.Sleep(weighAfter) // let the server settle before weighing it
 	after, goAfter, goGCAfter, err := srv.weigh(ctx)
 	if err != nil {
 		return err
@@ -559,7 +562,7 @@ func streamLoad(ctx context.Context, cfg APIConfig, res *APIResult, srv *servePr
 	res.IdleStreamKB = (after - before) / float64(n)
 	res.IdleStreamGoKB = (goAfter - goBefore) / float64(n)
 	res.IdleStreamGoGCKB = (goGCAfter - goGCBefore) / float64(n)
-	time.Sleep(idleSettle - 3*time.Second)
+	time.Sleep(idleSettle - weighAfter)
 	settled, err := rssKB(srv.cmd.Process.Pid)
 	if err != nil {
 		return err

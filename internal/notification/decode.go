@@ -9,6 +9,7 @@ import (
 	"unsafe"
 
 	"github.com/google/uuid"
+	asmutf8 "github.com/segmentio/asm/utf8"
 )
 
 // Decode decodes and validates the value of a Kafka record as a notification
@@ -50,7 +51,11 @@ func decode(value []byte, src Source, lim Limits, shared bool) (Notification, er
 	}
 	// A decoder that turned invalid bytes into U+FFFD, as encoding/json
 	// does, would alter the message; and the scanner relies on this check.
-	if !utf8.Valid(value) {
+	// asmutf8.Valid is unicode/utf8.Valid in AVX2 where the processor has
+	// it: 10 times faster on text that is not all ASCII (75 against 770
+	// ns a loadgen message), where unicode/utf8 goes rune by rune; it was
+	// the largest single cost of a drain's profile (18 %).
+	if !asmutf8.Valid(value) {
 		at := invalidUTF8(value)
 		return Notification{}, &Error{Class: ClassDecode,
 			Reason: "value is not valid UTF-8: byte 0x" + strconv.FormatUint(uint64(value[at]), 16) +

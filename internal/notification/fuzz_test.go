@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/google/uuid"
+	asmutf8 "github.com/segmentio/asm/utf8"
 )
 
 // FuzzDecode checks that Decode never panics, that whatever it accepts obeys
@@ -145,4 +146,50 @@ func checkDecode(t *testing.T, value []byte, lim Limits) {
 	if err != nil || again.ID != n.ID || again.Title != n.Title || string(again.Data) != string(n.Data) {
 		t.Errorf("second Decode: got %+v, %v, want %+v", again, err, n)
 	}
+}
+
+// The decoder's UTF-8 check (asmutf8.Valid) must say what unicode/utf8
+// says, on every input: a byte sequence it let through would reach the
+// scanner and PostgreSQL unchecked, and one it refused would be dead-lettered
+// for nothing. utf8Edges are the sequences where validators go wrong
+// (overlong forms, surrogates, past U+10FFFF, truncated and stray bytes),
+// and TestUTF8CheckAgreesWithUnicodeUTF8 puts each at every offset of
+// inputs around the 32-byte blocks the AVX2 code works in.
+var utf8Edges = [][]byte{
+	{0xc0, 0x80}, {0xc1, 0xbf}, {0xc2, 0x80}, {0xdf, 0xbf}, {0xe0, 0x80, 0x80}, {0xe0, 0x9f, 0xbf},
+	{0xe0, 0xa0, 0x80}, {0xed, 0x9f, 0xbf}, {0xed, 0xa0, 0x80}, {0xed, 0xbf, 0xbf}, {0xee, 0x80, 0x80},
+	{0xef, 0xbf, 0xbf}, {0xf0, 0x80, 0x80, 0x80}, {0xf0, 0x8f, 0xbf, 0xbf}, {0xf0, 0x90, 0x80, 0x80},
+	{0xf4, 0x8f, 0xbf, 0xbf}, {0xf4, 0x90, 0x80, 0x80}, {0xf5, 0x80, 0x80, 0x80}, {0xff}, {0xfe}, {0x80},
+	{0xbf}, {0xc2}, {0xe2, 0x82}, {0xf0, 0x9f, 0x98}, {0xe2, 0x82, 0xac, 0xac}, {0x00}, {0x7f},
+}
+
+func TestUTF8CheckAgreesWithUnicodeUTF8(t *testing.T) {
+	fills := []string{"a", "é", "東", "😀"}
+	for _, fill := range fills {
+		for n := 0; n <= 100; n++ {
+			base := []byte(strings.Repeat(fill, n))
+			for _, edge := range utf8Edges {
+				for at := 0; at <= len(base); at++ {
+					v := append(append(append([]byte(nil), base[:at]...), edge...), base[at:]...)
+					if got, want := asmutf8.Valid(v), utf8.Valid(v); got != want {
+						t.Fatalf("% x: got valid %v, unicode/utf8 says %v", v, got, want)
+					}
+				}
+			}
+		}
+	}
+}
+
+func FuzzUTF8Check(f *testing.F) {
+	for _, e := range utf8Edges {
+		f.Add(append([]byte(strings.Repeat("abcdéfgh", 5)), e...))
+	}
+	for _, bm := range benchMessages {
+		f.Add([]byte(bm.value))
+	}
+	f.Fuzz(func(t *testing.T, v []byte) {
+		if got, want := asmutf8.Valid(v), utf8.Valid(v); got != want {
+			t.Fatalf("% x: got valid %v, unicode/utf8 says %v", v, got, want)
+		}
+	})
 }

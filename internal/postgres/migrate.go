@@ -132,8 +132,17 @@ func (s *Store) Migrate(ctx context.Context) (int, error) {
 	// statement: CREATE INDEX CONCURRENTLY in the holder's pre-step waits
 	// for every running statement, a waiting pg_advisory_lock included,
 	// which would deadlock.
+	var schema *string
+	var searchPath string
+	if err := conn.QueryRow(ctx, "SELECT current_schema(), current_setting('search_path')").Scan(&schema, &searchPath); err != nil {
+		return 0, fmt.Errorf("migrate: %w", err)
+	}
+	if schema == nil {
+		// Nothing could be created: name the setting to fix.
+		return 0, fmt.Errorf("--database-url: no schema of its search_path (%s) exists in the database; create it, or name one that exists", searchPath)
+	}
 	var key int64
-	if err := conn.QueryRow(ctx, "SELECT hashtextextended('notifyd migrate ' || current_schema(), $1)", migrationLock).Scan(&key); err != nil {
+	if err := conn.QueryRow(ctx, "SELECT hashtextextended('notifyd migrate ' || $2::text, $1)", migrationLock, *schema).Scan(&key); err != nil {
 		return 0, fmt.Errorf("migrate: take lock: %w", err)
 	}
 	for {

@@ -255,6 +255,29 @@ func TestMigrateRefusesSchemaNewerThanBinary(t *testing.T) {
 	}
 }
 
+// A search_path that names no schema of the database is a bad setting: the
+// error says so and names it, instead of failing deep in a statement.
+func TestMigrateNamesASearchPathWithoutASchema(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url, sep := pgtest.URL(t), "?"
+	switch {
+	case !strings.Contains(url, "://"):
+		sep = " " // key=value pairs
+	case strings.Contains(url, "?"):
+		sep = "&"
+	}
+	st, err := Open(ctx, Config{URL: url + sep + "search_path=notifyd_no_such_schema"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, err = st.Migrate(ctx)
+	if err == nil || !strings.Contains(err.Error(), "--database-url") || !strings.Contains(err.Error(), "notifyd_no_such_schema") {
+		t.Fatalf("migrate with a search_path naming no schema: got %v, want an error naming --database-url and the search_path", err)
+	}
+}
+
 func TestClaimCreatesNoOffsetRowsAndReturnsStoredPositions(t *testing.T) {
 	t.Parallel()
 	st := migratedStore(t)

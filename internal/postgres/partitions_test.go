@@ -298,6 +298,49 @@ func TestDedupeWindowAcrossPartitions(t *testing.T) {
 	}
 }
 
+// In a batch of the drain's size, where the probed ids are told apart from
+// the others by screenWindow's bit filter, the one marked row whose id an
+// earlier, unmarked row of the batch has, and the one whose id is stored,
+// are the duplicates; every other row is stored.
+func TestDedupeWindowInALargeBatch(t *testing.T) {
+	t.Parallel()
+	st, _ := clockStore(t, pgtest.Schema(t), Config{})
+	maintain(t, st)
+	stored := rowAt(day0)
+	writeAt(t, st, []notification.Notification{stored})
+	rows := make([]notification.Notification, 2000)
+	for i := range rows {
+		rows[i] = rowAt(day0.Add(time.Duration(i) * time.Second))
+		rows[i].CreatedAtMayDiffer = i%5 == 0
+	}
+	rows[1000].ID, rows[1000].CreatedAtMayDiffer = rows[3].ID, true // rows[3] is not marked
+	rows[1000].CreatedAt = rows[3].CreatedAt.Add(2 * time.Hour)
+	rows[1500].ID, rows[1500].CreatedAtMayDiffer = stored.ID, true
+	rows[1500].CreatedAt = stored.CreatedAt.Add(3 * time.Hour)
+	res := writeAt(t, st, rows)
+	if res.Inserted != len(rows)-2 || res.Duplicates != 2 {
+		t.Fatalf("got %+v, want %d inserted and 2 duplicates", res, len(rows)-2)
+	}
+}
+
+func TestIDFilterHasEveryIDAdded(t *testing.T) {
+	var f idFilter
+	ids := make([][16]byte, 5000)
+	for i := range ids {
+		ids[i] = uuid.New()
+		f.add(ids[i])
+	}
+	for _, id := range ids {
+		if !f.has(id) {
+			t.Fatalf("id %x added but not found", id)
+		}
+	}
+	var empty idFilter
+	if empty.has(uuid.New()) {
+		t.Fatal("an empty filter has an id")
+	}
+}
+
 func TestReadPlanUsesPartitionIndexesInOrder(t *testing.T) {
 	t.Parallel()
 	st, _ := clockStore(t, pgtest.Schema(t), Config{})

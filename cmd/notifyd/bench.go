@@ -132,11 +132,13 @@ func (c *benchCmd) Run(ctx context.Context) error {
   drain of %d into the emptied table after %6.0f msg/s  (the ratio's baseline: mean of the two empty-table drains)
   batch flush with history               p50 %6.1f ms  p95 %6.1f ms  p99 %6.1f ms
   a user's latest 20 with history        p50 %6.2f ms  p95 %6.2f ms  p99 %6.2f ms
+  dedupe probe, share of write time      %10.2f empty, %.2f with history
 `, res.HistoryRows, res.HistoryPartitions, res.HistoryLoadRowsPerSec,
 			res.Messages, res.HistoryMsgsPerSec, res.HistoryRatioToEmpty, res.HistoryRatioToCopyLimit,
 			res.Messages, res.EmptyAfterMsgsPerSec,
 			res.HistoryFlushMs.P50, res.HistoryFlushMs.P95, res.HistoryFlushMs.P99,
-			res.ReadLatest20Ms.P50, res.ReadLatest20Ms.P95, res.ReadLatest20Ms.P99)
+			res.ReadLatest20Ms.P50, res.ReadLatest20Ms.P95, res.ReadLatest20Ms.P99,
+			res.DedupeProbeShare, res.HistoryDedupeProbeShare)
 	}
 	if a := apiRes; a != nil {
 		fmt.Printf(`inbox API (notifyd serve, %d rows of history, %d users)

@@ -96,6 +96,10 @@ type Result struct {
 	SteadyFlushMs      Quantiles `json:"steady_flush_ms"`
 	DrainBatches       float64   `json:"drain_batches"`
 	DrainMeanBatchSize float64   `json:"drain_mean_batch_size"`
+	// DedupeProbeShare is the drain's time in the dedupe window's probe
+	// over its time in writes (notifyd_dedupe_probe_duration_seconds and
+	// notifyd_flush_duration_seconds of the child, summed).
+	DedupeProbeShare float64 `json:"dedupe_probe_share"`
 
 	// With Config.History: the drain into the table holding the history,
 	// and "a user's latest 20" (postgres.LatestQuery) read from it.
@@ -113,10 +117,12 @@ type Result struct {
 	// HistoryCPUMicrosPerMsg is CPUMicrosPerMsg of the second drain: the
 	// measure of the two drains that other work on the machine disturbs
 	// least.
-	HistoryCPUMicrosPerMsg float64    `json:"history_cpu_us_per_msg,omitempty"`
-	HistoryPartitions      int        `json:"history_partitions,omitempty"`
-	ReadLatest20Ms         *Quantiles `json:"read_latest20_ms,omitempty"`
-	ReadPlan               []string   `json:"read_plan,omitempty"` // EXPLAIN ANALYZE of one read, as a prepared statement
+	HistoryCPUMicrosPerMsg float64 `json:"history_cpu_us_per_msg,omitempty"`
+	// HistoryDedupeProbeShare is DedupeProbeShare of the second drain.
+	HistoryDedupeProbeShare float64    `json:"history_dedupe_probe_share,omitempty"`
+	HistoryPartitions       int        `json:"history_partitions,omitempty"`
+	ReadLatest20Ms          *Quantiles `json:"read_latest20_ms,omitempty"`
+	ReadPlan                []string   `json:"read_plan,omitempty"` // EXPLAIN ANALYZE of one read, as a prepared statement
 	// ReadPlanCache is "generic" when the server runs the prepared read's
 	// one generic plan, "custom" when it plans every execution.
 	ReadPlanCache string `json:"read_plan_cache,omitempty"`
@@ -226,6 +232,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.Seconds, res.PeakRSSMB, res.FlushMs, res.DrainBatches, res.DrainMeanBatchSize = d.seconds, d.peakRSSMB, d.flush, d.batches, d.meanBatch
 	res.CPUMicrosPerMsg = d.cpuSeconds * 1e6 / float64(cfg.Messages)
+	res.DedupeProbeShare = d.probeShare
 	res.MsgsPerSec = float64(cfg.Messages) / res.Seconds
 	res.RatioToCopyLimit = res.MsgsPerSec / res.CopyLimitRowsPerSec
 
@@ -356,6 +363,7 @@ type drained struct {
 	seconds, peakRSSMB, batches, meanBatch float64
 	cpuSeconds                             float64 // user + system of the child
 	flush                                  Quantiles
+	probeShare                             float64 // time in the dedupe probe over time in writes
 }
 
 // drain runs `notifyd run` over the preloaded topic with default settings
@@ -508,6 +516,9 @@ func scrapeFlush(ctx context.Context, addr string, res *drained) error {
 		q := func(p float64) float64 { return 1000 * histQuantile(p, bounds, counts, h.GetSampleCount()) }
 		res.flush = Quantiles{P50: q(0.50), P95: q(0.95), P99: q(0.99)}
 		res.batches = float64(h.GetSampleCount())
+		if mf := mfs["notifyd_dedupe_probe_duration_seconds"]; mf != nil && len(mf.GetMetric()) > 0 && h.GetSampleSum() > 0 {
+			res.probeShare = mf.GetMetric()[0].GetHistogram().GetSampleSum() / h.GetSampleSum()
+		}
 	}
 	if mf := mfs["notifyd_batch_size"]; mf != nil && len(mf.GetMetric()) > 0 {
 		h := mf.GetMetric()[0].GetHistogram()

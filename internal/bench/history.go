@@ -58,6 +58,7 @@ func history(ctx context.Context, cfg Config, res *Result, cl *kgo.Client, broke
 	res.HistoryRatioToCopyLimit = res.HistoryMsgsPerSec / res.CopyLimitRowsPerSec
 	res.HistoryFlushMs = &d.flush
 	res.HistoryCPUMicrosPerMsg = d.cpuSeconds * 1e6 / float64(cfg.Messages)
+	res.HistoryDedupeProbeShare = d.probeShare
 
 	log.Info("reading a user's latest 20", "users", len(users))
 	q, err := readLatency(ctx, store, users)

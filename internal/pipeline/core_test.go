@@ -416,6 +416,24 @@ func TestSkipsDuplicateIDs(t *testing.T) {
 	r.waitMetric(t, 10*time.Second, 5, "notifyd_rows_stored_total")
 }
 
+// The dedupe window's probe is timed for a write that has rows sent with an
+// id and without a created_at, and a write without such rows runs none.
+func TestDedupeProbeIsTimed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	r := e.start()
+	e.produce(0, newMsg(1).value(), newMsg(2).value())
+	e.waitStoredOffsets(map[int32]int64{0: 2, 1: -1, 2: -1}, 20*time.Second)
+	if got := r.metric("notifyd_dedupe_probe_duration_seconds"); got != 0 {
+		t.Fatalf("notifyd_dedupe_probe_duration_seconds: %v probes for rows that all carry created_at, want 0", got)
+	}
+	noTime := newMsg(3)
+	noTime.CreatedAt = ""
+	e.produce(0, noTime.value())
+	e.waitStoredOffsets(map[int32]int64{0: 3, 1: -1, 2: -1}, 20*time.Second)
+	r.waitMetric(t, 10*time.Second, 1, "notifyd_dedupe_probe_duration_seconds")
+}
+
 func TestDeadLettersInvalidMessages(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)

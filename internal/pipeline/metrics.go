@@ -22,6 +22,7 @@ type metrics struct {
 	breakerState   prometheus.Gauge
 	batchSize      prometheus.Histogram
 	flushSeconds   prometheus.Histogram
+	probeSeconds   prometheus.Histogram
 	e2eSeconds     prometheus.Histogram
 	bufferedRows   prometheus.Gauge
 	bufferedBytes  prometheus.Gauge
@@ -85,6 +86,10 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 			Name: "notifyd_flush_duration_seconds", Help: "Time to commit one batch to the database, from begin to commit.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15),
 		}),
+		probeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "notifyd_dedupe_probe_duration_seconds", Help: "Time of the dedupe window's probe in one committed write (part of its notifyd_flush_duration_seconds): only writes holding rows sent with an id and without a created_at have one.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 15),
+		}),
 		e2eSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "notifyd_end_to_end_latency_seconds", Help: "From a record's timestamp to the commit of its row.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
@@ -106,7 +111,7 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 		}, []string{"partition"}),
 	}
 	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.expired, m.deadLetters, m.dlqPublished, m.dlqKept, m.retries,
-		m.writes, m.fenced, m.setAside, m.oldest, m.breakerState, m.batchSize, m.flushSeconds, m.e2eSeconds, m.bufferedRows,
+		m.writes, m.fenced, m.setAside, m.oldest, m.breakerState, m.batchSize, m.flushSeconds, m.probeSeconds, m.e2eSeconds, m.bufferedRows,
 		m.bufferedBytes, m.assigned, m.storedPosition, m.lag} {
 		f(c)
 	}

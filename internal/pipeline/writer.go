@@ -407,6 +407,9 @@ func (p *Pipeline) committed(b *batch, sb *postgres.Batch, res postgres.Result, 
 	p.m.deadLetters.WithLabelValues(string(notification.ClassStore)).Add(float64(res.Rejected))
 	p.m.batchSize.Observe(float64(b.messages()))
 	p.m.flushSeconds.Observe(took.Seconds())
+	if res.Probe > 0 {
+		p.m.probeSeconds.Observe(res.Probe.Seconds())
+	}
 	for i := range b.parts {
 		for _, e := range b.parts[i].entries {
 			p.m.e2eSeconds.Observe(now.Sub(e.rec.Timestamp).Seconds())

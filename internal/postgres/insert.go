@@ -118,7 +118,9 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	w := s.cfg.dedupeWindow()
 	from := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(lo.Add(-w))))
 	to := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(hi.Add(w))))
+	start := time.Now()
 	stored, err := s.probeWindow(ctx, ids, from, to)
+	out.probe = time.Since(start)
 	if err != nil {
 		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
 	}
@@ -224,9 +226,10 @@ func (f *idFilter) has(id [16]byte) bool { w, m := f.bit(id); return f[w]&m != 0
 // screened is a batch's rows less those screen took out.
 type screened struct {
 	rows     []notification.Notification
-	orig     []int // index in the batch of each kept row; nil when all were kept
-	expired  int   // older than the retention
-	windowed int   // duplicates of another created_at within the dedupe window
+	orig     []int         // index in the batch of each kept row; nil when all were kept
+	expired  int           // older than the retention
+	windowed int           // duplicates of another created_at within the dedupe window
+	probe    time.Duration // the dedupe window's probe, 0 when there was none
 }
 
 // screen takes out of rows the ones older than the retention (not stored,

@@ -299,6 +299,10 @@ type Result struct {
 	// Expired counts valid rows not stored because they were older than the
 	// retention: neither rows nor dead letters.
 	Expired int
+	// Probe is how long the dedupe window's probe took, before the
+	// transaction: 0 when the batch had no row sent with an id and without
+	// a created_at.
+	Probe time.Duration
 }
 
 // FencedError reports partitions whose stored position was not the one the
@@ -339,6 +343,7 @@ func (s *Store) Write(ctx context.Context, b *Batch) (Result, error) {
 	wb.expired, wb.windowed = sc.expired, sc.windowed
 	res, err := s.writeRows(ctx, wb)
 	b.last = wb.last // what an attempt that reached COMMIT did, for the next attempt
+	res.Probe = sc.probe
 	return res, err
 }
 

@@ -3,10 +3,14 @@ package postgres
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/fnv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/notifyd/notifyd/internal/notification"
@@ -56,16 +60,77 @@ func columnArrays(rows []notification.Notification) []any {
 	return []any{ids, users, types, titles, bodies, data, created}
 }
 
-// windowProbeSQL finds the rows of a batch whose id is already stored with
-// a different created_at no further away than the window: through the
-// primary-key index of each partition the window reaches. It runs as the
-// prepared statement windowProbeName, with parameters and results in
-// binary, encoded and decoded in screenWindow.
-const windowProbeSQL = `
-SELECT id, created_at FROM notifications
-WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
+// The dedupe window's probe names each partition that the window reaches
+// (probeSQL), so that a partition holding no row costs a look at its first
+// heap page instead of a descent of its primary key for every id: with the
+// default window that is most of them on a young table, and the partitions
+// made ahead always (docs/architecture.md, "Identity and the dedupe
+// window"). Its answer carries the partitions' oids as the server has them
+// when it runs, which the store compares with those it built the
+// statement from.
 
-const windowProbeName = "notifyd_window_probe"
+// probeParts is the partitions of notifications as the probe knows them.
+type probeParts struct {
+	key   string      // their oids, ascending, comma-separated, as probeKeySQL gives them
+	parts []Partition // their bounds (zero: unbounded)
+}
+
+// probeKeySQL is the partitions' oids as probeParts.key has them.
+const probeKeySQL = `(SELECT string_agg(inhrelid::text, ',' ORDER BY inhrelid) FROM pg_inherits WHERE inhparent = to_regclass('notifications'))`
+
+// loadProbeParts reads the partitions and their bounds on q, and makes them
+// the probe's.
+func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, error) {
+	rows, err := q.Query(ctx, `
+		SELECT `+probeKeySQL+`, c.relname::text,
+		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
+		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		WHERE i.inhparent = to_regclass('notifications')`)
+	if err != nil {
+		return nil, fmt.Errorf("list partitions for the dedupe probe: %w", err)
+	}
+	pp := &probeParts{}
+	var key, name string
+	var from, to *time.Time
+	_, err = pgx.ForEachRow(rows, []any{&key, &name, &from, &to}, func() error {
+		p := Partition{Name: name}
+		if from != nil {
+			p.From = from.UTC()
+		}
+		if to != nil {
+			p.To = to.UTC()
+		}
+		pp.key, pp.parts = key, append(pp.parts, p)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list partitions for the dedupe probe: %w", err)
+	}
+	s.probeParts.Store(pp)
+	return pp, nil
+}
+
+// probeSQL is the probe over the partitions of pp that hold rows of
+// created_at in [lo, hi]: each a primary-key lookup of the ids ($1) between
+// the bounds ($2, $3), behind a one-time check that the partition holds a
+// row at all, and first a row of NULLs with the partitions' oids as the
+// server has them (probeKeySQL). Empty when no partition covers the span.
+func probeSQL(pp *probeParts, lo, hi time.Time) string {
+	var b strings.Builder
+	for _, p := range pp.parts {
+		if (!p.From.IsZero() && p.From.After(hi)) || (!p.To.IsZero() && !p.To.After(lo)) {
+			continue
+		}
+		if b.Len() == 0 {
+			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL)
+		}
+		t := pgx.Identifier{p.Name}.Sanitize()
+		b.WriteString("\nUNION ALL SELECT id, created_at, NULL FROM ONLY " + t +
+			" WHERE (SELECT EXISTS (SELECT FROM ONLY " + t + ")) AND id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3")
+	}
+	return b.String()
+}
 
 // uuidOID is the type oid of uuid, which a binary uuid[] names.
 const uuidOID = 2950
@@ -119,7 +184,7 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	from := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(lo.Add(-w))))
 	to := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(hi.Add(w))))
 	start := time.Now()
-	stored, err := s.probeWindow(ctx, ids, from, to)
+	stored, err := s.probeWindow(ctx, ids, lo.Add(-w), hi.Add(w), from, to)
 	out.probe = time.Since(start)
 	if err != nil {
 		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
@@ -173,39 +238,88 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	return nil
 }
 
-// probeWindow runs windowProbeSQL with its parameters in binary, and
-// returns the created_at of each id it found; nil when it found none.
-func (s *Store) probeWindow(ctx context.Context, ids, from, to []byte) (map[[16]byte][]time.Time, error) {
+// probeWindow runs the probe over the partitions that [lo, hi] reaches
+// (probeSQL), its parameters (the ids, and lo and hi as from and to) in
+// binary, and returns the created_at of each id it found; nil when it
+// found none. When the partitions are not those the statement names (made
+// or dropped since the store read them; the first probe has read none), it
+// reads them again and probes again; twice at most.
+func (s *Store) probeWindow(ctx context.Context, ids []byte, lo, hi time.Time, from, to []byte) (map[[16]byte][]time.Time, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Release()
-	// Prepared once per connection; pgx returns the one it has.
-	sd, err := conn.Conn().Prepare(ctx, windowProbeName, windowProbeSQL)
+	pp := s.probeParts.Load()
+	for attempt := 0; ; attempt++ {
+		if pp == nil {
+			// On the probe's own connection: writers that all read them
+			// at once never wait for each other's connections.
+			if pp, err = s.loadProbeParts(ctx, conn); err != nil {
+				return nil, err
+			}
+		}
+		sql := probeSQL(pp, lo, hi)
+		if sql == "" {
+			return nil, nil // no partition covers the span: no row can be there
+		}
+		found, key, err := probeOnce(ctx, conn.Conn(), sql, ids, from, to)
+		var pe *pgconn.PgError
+		switch {
+		case err == nil && key == pp.key:
+			return found, nil
+		case attempt == 2:
+			if err == nil {
+				err = errors.New("the partitions of notifications changed during each of three probes")
+			}
+			return nil, err
+		case err == nil, errors.As(err, &pe) && pe.Code == "42P01": // undefined_table: a partition dropped
+			pp = nil
+		default:
+			return nil, err
+		}
+	}
+}
+
+// probeOnce runs the probe sql on conn, prepared under a name of its own
+// (one per window's partitions; pgx returns the one it has), and returns
+// what it found and the partitions' oids as the server had them.
+func probeOnce(ctx context.Context, conn *pgx.Conn, sql string, ids, from, to []byte) (map[[16]byte][]time.Time, string, error) {
+	sd, err := conn.Prepare(ctx, fmt.Sprintf("notifyd_window_probe_%016x", fnv64(sql)), sql)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	binaryFormat := []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}
-	rr := conn.Conn().PgConn().ExecPrepared(ctx, sd.Name, [][]byte{ids, from, to}, binaryFormat, binaryFormat[:2])
+	rr := conn.PgConn().ExecPrepared(ctx, sd.Name, [][]byte{ids, from, to}, binaryFormat, []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.TextFormatCode})
 	var found map[[16]byte][]time.Time
+	var key string
 	var bad error
 	for rr.NextRow() {
 		v := rr.Values()
-		if len(v) != 2 || len(v[0]) != 16 || len(v[1]) != 8 {
-			bad = fmt.Errorf("the server answered the probe with a row of %d columns, not (uuid, timestamptz)", len(v))
-			continue
+		switch {
+		case len(v) == 3 && v[0] == nil:
+			key = string(v[2])
+		case len(v) == 3 && len(v[0]) == 16 && len(v[1]) == 8:
+			if found == nil {
+				found = make(map[[16]byte][]time.Time)
+			}
+			id := [16]byte(v[0])
+			found[id] = append(found[id], time.UnixMicro(int64(binary.BigEndian.Uint64(v[1]))+pgEpochMicros))
+		default:
+			bad = fmt.Errorf("the server answered the probe with a row of %d columns, not (uuid, timestamptz, text)", len(v))
 		}
-		if found == nil {
-			found = make(map[[16]byte][]time.Time)
-		}
-		id := [16]byte(v[0])
-		found[id] = append(found[id], time.UnixMicro(int64(binary.BigEndian.Uint64(v[1]))+pgEpochMicros))
 	}
 	if _, err := rr.Close(); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return found, bad
+	return found, key, bad
+}
+
+// fnv64 is the 64-bit FNV-1a hash of s.
+func fnv64(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
 }
 
 // idFilter is a set of ids that may answer "yes" for an id not in it, but

@@ -298,6 +298,61 @@ func TestDedupeWindowAcrossPartitions(t *testing.T) {
 	}
 }
 
+// The probe names the partitions it read; partitions made or dropped since,
+// by another process, are found out and read again: a stored copy in a
+// partition made after the probe read them is still a duplicate, and a
+// dropped one does not fail the write.
+func TestDedupeProbeFollowsPartitionsChangedElsewhere(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	st, _ := clockStore(t, url, Config{})
+	maintain(t, st)
+	ctx := context.Background()
+	first := rowAt(day0)
+	first.CreatedAtMayDiffer = true
+	writeAt(t, st, []notification.Notification{first}) // the probe reads the partitions
+	before := st.probeParts.Load()
+	if before == nil {
+		t.Fatal("the probe read no partitions")
+	}
+
+	// Another process, three days on, makes partitions up to ten days past
+	// day 0, and a row lands in one of them.
+	other, otherNow := clockStore(t, url, Config{Retention: 48 * time.Hour})
+	*otherNow = day0.Add(3 * 24 * time.Hour)
+	maintain(t, other)
+	stored := rowAt(day0.Add(9 * 24 * time.Hour))
+	if _, err := other.Pool().Exec(ctx, `INSERT INTO notifications (id, user_id, event_type, title, body, created_at)
+		VALUES ($1, $2, $3, $4, $5, $6)`, stored.ID, stored.UserID, stored.EventType, stored.Title, stored.Body, stored.CreatedAt); err != nil {
+		t.Fatal(err)
+	}
+	if got := partitionOf(t, st, stored.ID); got != "notifications_p20261210_0000" {
+		t.Fatalf("stored copy in %s, want a partition made after the probe read them", got)
+	}
+	again := stored
+	again.CreatedAt, again.CreatedAtMayDiffer = stored.CreatedAt.Add(-24*time.Hour), true
+	if res := writeAt(t, st, []notification.Notification{again}); res.Duplicates != 1 || res.Inserted != 0 {
+		t.Fatalf("copy of a row in a partition made elsewhere: got %+v, want 1 duplicate", res)
+	}
+	if after := st.probeParts.Load(); after.key == before.key {
+		t.Fatal("the probe did not read the partitions again")
+	}
+
+	// The other process, eight days on, drops the partitions older than two
+	// days that the probe's statement names.
+	*otherNow = day0.Add(8 * 24 * time.Hour)
+	if res := maintain(t, other); len(res.Dropped) == 0 {
+		t.Fatal("retention dropped nothing")
+	}
+	late := rowAt(day0.Add(7 * 24 * time.Hour))
+	late.CreatedAtMayDiffer = true
+	dup := stored
+	dup.CreatedAt, dup.CreatedAtMayDiffer = stored.CreatedAt.Add(time.Hour), true
+	if res := writeAt(t, st, []notification.Notification{late, dup}); res.Inserted != 1 || res.Duplicates != 1 {
+		t.Fatalf("after partitions were dropped elsewhere: got %+v, want 1 inserted, 1 duplicate", res)
+	}
+}
+
 // In a batch of the drain's size, where the probed ids are told apart from
 // the others by screenWindow's bit filter, the one marked row whose id an
 // earlier, unmarked row of the batch has, and the one whose id is stored,

@@ -169,6 +169,10 @@ type Store struct {
 	// batch held a duplicate id, so that a stream full of duplicates does
 	// not pay for a refused COPY on every write.
 	upsertOnly atomic.Int32
+	// probeParts is the partitions the dedupe window's probe names, as it
+	// last read them; replaced whole when the probe finds they changed
+	// (windowProbe). Writers read it concurrently.
+	probeParts atomic.Pointer[probeParts]
 }
 
 // Open connects a pool and checks that the server answers.

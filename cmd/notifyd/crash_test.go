@@ -956,15 +956,17 @@ func (w *world) lockTable() (release func()) {
 	return release
 }
 
-// waitLockWaiter waits until a session waits for the table lock: a write of
-// notifyd is blocked.
+// waitLockWaiter waits until a session waits for the table lock, on the
+// table or one of its partitions (LOCK TABLE locks them too, and the dedupe
+// probe reads the partitions by name): a write of notifyd is blocked.
 func (w *world) waitLockWaiter(d time.Duration) {
 	w.t.Helper()
 	deadline := time.Now().Add(d)
 	for {
 		var n int
 		err := w.pool.QueryRow(context.Background(),
-			"SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'notifications'::regclass").Scan(&n)
+			`SELECT count(*) FROM pg_locks WHERE NOT granted AND relation IN (
+				SELECT 'notifications'::regclass UNION ALL SELECT inhrelid FROM pg_inherits WHERE inhparent = 'notifications'::regclass)`).Scan(&n)
 		if err != nil {
 			w.t.Fatal(err)
 		}

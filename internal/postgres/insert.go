@@ -111,6 +111,12 @@ func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, err
 	return pp, nil
 }
 
+// parentProbeSQL is the probe through the table, for a role that may not
+// read its partitions by name: it reads every partition the window
+// reaches, those without rows included. Its answer has no row of oids.
+const parentProbeSQL = `SELECT id, created_at, NULL::text FROM notifications
+WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
+
 // probeSQL is the probe over the partitions of pp that hold rows of
 // created_at in [lo, hi]: each a primary-key lookup of the ids ($1) between
 // the bounds ($2, $3), behind a one-time check that the partition holds a
@@ -250,6 +256,10 @@ func (s *Store) probeWindow(ctx context.Context, ids []byte, lo, hi time.Time, f
 		return nil, err
 	}
 	defer conn.Release()
+	if s.probeViaParent.Load() {
+		found, _, err := probeOnce(ctx, conn.Conn(), parentProbeSQL, ids, from, to)
+		return found, err
+	}
 	pp := s.probeParts.Load()
 	for attempt := 0; ; attempt++ {
 		if pp == nil {
@@ -275,6 +285,13 @@ func (s *Store) probeWindow(ctx context.Context, ids []byte, lo, hi time.Time, f
 			return nil, err
 		case err == nil, errors.As(err, &pe) && pe.Code == "42P01": // undefined_table: a partition dropped
 			pp = nil
+		case errors.As(err, &pe) && pe.Code == "42501": // insufficient_privilege
+			// Partitions need no grants of their own (docs/operations.md,
+			// "Least privilege"): a role that may read only the table
+			// probes through it, as the probe did before it named them.
+			s.probeViaParent.Store(true)
+			found, _, err := probeOnce(ctx, conn.Conn(), parentProbeSQL, ids, from, to)
+			return found, err
 		default:
 			return nil, err
 		}

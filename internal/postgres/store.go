@@ -173,6 +173,9 @@ type Store struct {
 	// last read them; replaced whole when the probe finds they changed
 	// (windowProbe). Writers read it concurrently.
 	probeParts atomic.Pointer[probeParts]
+	// probeViaParent is set once the role proved unable to read the
+	// partitions by name: the probe then asks the table (parentProbeSQL).
+	probeViaParent atomic.Bool
 }
 
 // Open connects a pool and checks that the server answers.

@@ -326,6 +326,59 @@ func TestLeastPrivilegeRoleRunsWithoutDDL(t *testing.T) {
 	}
 }
 
+// A role that may read the table but none of its partitions by name (they
+// need no grants of their own) still has its duplicates found: the probe
+// then asks the table.
+func TestDedupeProbeOfARoleThatMayNotReadPartitions(t *testing.T) {
+	t.Parallel()
+	url := pgtest.Schema(t)
+	admin, _ := clockStore(t, url, Config{})
+	ctx := context.Background()
+	maintain(t, admin)
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := "notifyd_lp_" + hex.EncodeToString(b[:])
+	var schema string
+	if err := admin.Pool().QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	parts, err := admin.Partitions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	grants := []string{
+		"CREATE ROLE " + role + " LOGIN",
+		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + schema + " TO " + role,
+	}
+	for _, p := range parts {
+		grants = append(grants, "REVOKE ALL ON "+pgx.Identifier{p.Name}.Sanitize()+" FROM "+role)
+	}
+	for _, q := range grants {
+		if _, err := admin.Pool().Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Pool().Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = admin.Pool().Exec(context.Background(), "DROP ROLE "+role)
+	})
+	st := openStore(t, strings.Replace(url, "postgres@", role+"@", 1))
+	st.now = admin.now
+	stored := rowAt(day0)
+	writeAt(t, st, []notification.Notification{stored})
+	again := stored
+	again.CreatedAt, again.CreatedAtMayDiffer = stored.CreatedAt.Add(30*time.Hour), true
+	fresh := rowAt(day0)
+	fresh.CreatedAtMayDiffer = true
+	if res := writeAt(t, st, []notification.Notification{again, fresh}); res.Duplicates != 1 || res.Inserted != 1 {
+		t.Fatalf("as a role that may read only the table: got %+v, want 1 duplicate, 1 inserted", res)
+	}
+	if !st.probeViaParent.Load() {
+		t.Fatal("the probe did not turn to the table")
+	}
+}
+
 // gathered is the value of the first series of metric name in reg, 0 when
 // it has none.
 func gathered(t *testing.T, reg *prometheus.Registry, name string) float64 {

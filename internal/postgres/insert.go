@@ -71,8 +71,15 @@ func columnArrays(rows []notification.Notification) []any {
 
 // probeParts is the partitions of notifications as the probe knows them.
 type probeParts struct {
-	key   string      // their oids, ascending, comma-separated, as probeKeySQL gives them
-	parts []Partition // their bounds (zero: unbounded)
+	key   string // their oids, ascending, comma-separated, as probeKeySQL gives them
+	parts []probePart
+}
+
+// probePart is a partition, its bounds (zero: unbounded) and its schema,
+// which the probe names it in.
+type probePart struct {
+	Partition
+	schema string
 }
 
 // probeKeySQL is the partitions' oids as probeParts.key has them.
@@ -82,19 +89,20 @@ const probeKeySQL = `(SELECT string_agg(inhrelid::text, ',' ORDER BY inhrelid) F
 // the probe's.
 func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, error) {
 	rows, err := q.Query(ctx, `
-		SELECT `+probeKeySQL+`, c.relname::text,
+		SELECT `+probeKeySQL+`, (SELECT nspname::text FROM pg_namespace WHERE oid = c.relnamespace), c.relname::text,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
 		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = to_regclass('notifications')`)
+		WHERE i.inhparent = to_regclass('notifications')
+		ORDER BY c.oid`)
 	if err != nil {
 		return nil, fmt.Errorf("list partitions for the dedupe probe: %w", err)
 	}
 	pp := &probeParts{}
-	var key, name string
+	var key, schema, name string
 	var from, to *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&key, &name, &from, &to}, func() error {
-		p := Partition{Name: name}
+	_, err = pgx.ForEachRow(rows, []any{&key, &schema, &name, &from, &to}, func() error {
+		p := probePart{Partition: Partition{Name: name}, schema: schema}
 		if from != nil {
 			p.From = from.UTC()
 		}
@@ -131,7 +139,7 @@ func probeSQL(pp *probeParts, lo, hi time.Time) string {
 		if b.Len() == 0 {
 			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL)
 		}
-		t := pgx.Identifier{p.Name}.Sanitize()
+		t := pgx.Identifier{p.schema, p.Name}.Sanitize()
 		b.WriteString("\nUNION ALL SELECT id, created_at, NULL FROM ONLY " + t +
 			" WHERE (SELECT EXISTS (SELECT FROM ONLY " + t + ")) AND id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3")
 	}

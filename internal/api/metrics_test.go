@@ -54,3 +54,41 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("dropped: got %v, want 0", got)
 	}
 }
+
+// A hub with no stream open runs no query: commits wake it and its timer
+// ticks, and it has nothing to feed. The first stream to open gets the rows
+// committed after it, and the hub is idle again once it has closed.
+func TestIdleHubRunsNoQuery(t *testing.T) {
+	e := newEnv(t, Config{PollInterval: 50 * time.Millisecond}, "")
+	polls := func() float64 { return testutil.ToFloat64(e.api.metrics.polls.WithLabelValues("ok")) }
+	user := uuid.New()
+	e.write(row(user, time.Now(), "before any stream"))
+	time.Sleep(300 * time.Millisecond) // six of the timer's ticks, and the commit's wake-up
+	if got := polls(); got != 0 {
+		t.Fatalf("queries with no stream open: got %v, want 0", got)
+	}
+
+	s := e.openStream(user, "")
+	s.next(t, "counts", 5*time.Second)
+	e.write(row(user, time.Now(), "while open"))
+	if got := s.notifications(t, 1, 5*time.Second); got[0].Title != "while open" {
+		t.Fatalf("first row on the stream: got %q, want the row committed while it was open", got[0].Title)
+	}
+	s.close()
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(e.api.metrics.open) != 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream did not close")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // a query that started before the close ends
+	after := polls()
+	if after == 0 {
+		t.Fatal("no query while a stream was open")
+	}
+	e.write(row(user, time.Now(), "after the stream closed"))
+	time.Sleep(300 * time.Millisecond)
+	if got := polls(); got != after {
+		t.Fatalf("queries after the last stream closed: got %v more, want none", got-after)
+	}
+}

@@ -266,6 +266,12 @@ func (h *hub) run(ctx context.Context) error {
 		case <-h.wake:
 		case <-t.C:
 		}
+		if h.idle() {
+			// No stream to feed: a commit's wake-up costs no query. The
+			// first stream to open wakes the hub, whose next query takes
+			// a fresh snapshot to start it from.
+			continue
+		}
 		if err := h.poll(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -403,6 +409,13 @@ func events(rows []streamRow, base, upto snapshot) []event {
 }
 
 // activeUsers lists the users with open streams; h.mu must be held.
+// idle says that no stream is open or waiting to start.
+func (h *hub) idle() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.active) == 0 && len(h.pending) == 0
+}
+
 func (h *hub) activeUsers() []uuid.UUID {
 	users := make([]uuid.UUID, 0, len(h.active))
 	for u := range h.active {

@@ -408,7 +408,6 @@ func events(rows []streamRow, base, upto snapshot) []event {
 	return evs
 }
 
-// activeUsers lists the users with open streams; h.mu must be held.
 // idle says that no stream is open or waiting to start.
 func (h *hub) idle() bool {
 	h.mu.Lock()
@@ -416,6 +415,7 @@ func (h *hub) idle() bool {
 	return len(h.active) == 0 && len(h.pending) == 0
 }
 
+// activeUsers lists the users with open streams; h.mu must be held.
 func (h *hub) activeUsers() []uuid.UUID {
 	users := make([]uuid.UUID, 0, len(h.active))
 	for u := range h.active {

@@ -72,49 +72,19 @@ func columnArrays(rows []notification.Notification) []any {
 // probeParts is the partitions of notifications as the probe knows them.
 type probeParts struct {
 	key   string // their oids, ascending, comma-separated, as probeKeySQL gives them
-	parts []probePart
-}
-
-// probePart is a partition, its bounds (zero: unbounded) and its schema,
-// which the probe names it in.
-type probePart struct {
-	Partition
-	schema string
+	parts []Partition
 }
 
 // probeKeySQL is the partitions' oids as probeParts.key has them.
 const probeKeySQL = `(SELECT string_agg(inhrelid::text, ',' ORDER BY inhrelid) FROM pg_inherits WHERE inhparent = to_regclass('notifications'))`
 
-// loadProbeParts reads the partitions and their bounds on q, and makes them
-// the probe's.
+// loadProbeParts reads the partitions on q and makes them the probe's.
 func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, error) {
-	rows, err := q.Query(ctx, `
-		SELECT `+probeKeySQL+`, (SELECT nspname::text FROM pg_namespace WHERE oid = c.relnamespace), c.relname::text,
-		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
-		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
-		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-		WHERE i.inhparent = to_regclass('notifications')
-		ORDER BY c.oid`)
+	parts, key, err := listPartitions(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("list partitions for the dedupe probe: %w", err)
+		return nil, fmt.Errorf("dedupe probe: %w", err)
 	}
-	pp := &probeParts{}
-	var key, schema, name string
-	var from, to *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&key, &schema, &name, &from, &to}, func() error {
-		p := probePart{Partition: Partition{Name: name}, schema: schema}
-		if from != nil {
-			p.From = from.UTC()
-		}
-		if to != nil {
-			p.To = to.UTC()
-		}
-		pp.key, pp.parts = key, append(pp.parts, p)
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("list partitions for the dedupe probe: %w", err)
-	}
+	pp := &probeParts{key: key, parts: parts}
 	s.probeParts.Store(pp)
 	return pp, nil
 }

@@ -67,36 +67,41 @@ func (c Config) Ahead() time.Duration {
 type Partition struct {
 	Name     string
 	From, To time.Time
+	schema   string // where it is, which the dedupe probe names it in
 }
 
 // Partitions lists the partitions of notifications, oldest first. It needs
 // only catalog reads.
 func (s *Store) Partitions(ctx context.Context) ([]Partition, error) {
-	return listPartitions(ctx, s.pool)
+	parts, _, err := listPartitions(ctx, s.pool)
+	return parts, err
 }
 
 type querier interface {
 	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
-func listPartitions(ctx context.Context, q querier) ([]Partition, error) {
+// listPartitions lists the partitions of notifications, oldest first, and
+// their oids as probeKeySQL gives them, read together.
+func listPartitions(ctx context.Context, q querier) ([]Partition, string, error) {
 	// The bounds are read back through the session's own timestamptz input,
 	// so the session's time zone does not matter.
 	rows, err := q.Query(ctx, `
-		SELECT c.relname::text,
+		SELECT c.relname::text, n.nspname::text, `+probeKeySQL+`,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
-		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE i.inhparent = to_regclass('notifications')
-		ORDER BY 2 NULLS FIRST`)
+		ORDER BY 4 NULLS FIRST`)
 	if err != nil {
-		return nil, fmt.Errorf("list partitions: %w", err)
+		return nil, "", fmt.Errorf("list partitions: %w", err)
 	}
 	var out []Partition
 	var p Partition
+	var key string
 	var from, to *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&p.Name, &from, &to}, func() error {
-		q := Partition{Name: p.Name}
+	_, err = pgx.ForEachRow(rows, []any{&p.Name, &p.schema, &key, &from, &to}, func() error {
+		q := Partition{Name: p.Name, schema: p.schema}
 		if from != nil {
 			q.From = from.UTC()
 		}
@@ -107,9 +112,9 @@ func listPartitions(ctx context.Context, q querier) ([]Partition, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("list partitions: %w", err)
+		return nil, "", fmt.Errorf("list partitions: %w", err)
 	}
-	return out, nil
+	return out, key, nil
 }
 
 // alignDown is t rounded down to a multiple of iv since the Unix epoch.
@@ -271,7 +276,7 @@ func (s *Store) makeAhead(ctx context.Context) (created []string, until time.Tim
 	var locked time.Time
 	err = s.maintenanceTx(ctx, func(tx pgx.Tx) error {
 		created, until = nil, time.Time{}
-		parts, err := listPartitions(ctx, tx)
+		parts, _, err := listPartitions(ctx, tx)
 		if err != nil {
 			return err
 		}
@@ -329,7 +334,7 @@ func (s *Store) dropExpired(ctx context.Context) (dropped []string, held time.Du
 	var detached []string
 	err = s.maintenanceTx(ctx, func(tx pgx.Tx) error {
 		dropped, detached = nil, nil
-		parts, err := listPartitions(ctx, tx)
+		parts, _, err := listPartitions(ctx, tx)
 		if err != nil {
 			return err
 		}

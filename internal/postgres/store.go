@@ -171,7 +171,7 @@ type Store struct {
 	upsertOnly atomic.Int32
 	// probeParts is the partitions the dedupe window's probe names, as it
 	// last read them; replaced whole when the probe finds they changed
-	// (windowProbe). Writers read it concurrently.
+	// (probeWindow). Writers read it concurrently.
 	probeParts atomic.Pointer[probeParts]
 	// probeViaParent is set once the role proved unable to read the
 	// partitions by name: the probe then asks the table (parentProbeSQL).

@@ -255,30 +255,7 @@ func TestLeastPrivilegeRoleRunsWithoutDDL(t *testing.T) {
 	admin, now := clockStore(t, url, Config{})
 	ctx := context.Background()
 	maintain(t, admin)
-
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	role := "notifyd_lp_" + hex.EncodeToString(b[:])
-	var schema string
-	if err := admin.Pool().QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		"CREATE ROLE " + role + " LOGIN",
-		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + schema + " TO " + role,
-	} {
-		if _, err := admin.Pool().Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Pool().Exec(context.Background(), "DROP OWNED BY "+role)
-		_, _ = admin.Pool().Exec(context.Background(), "DROP ROLE "+role)
-	})
-
-	st := openStore(t, strings.Replace(url, "postgres@", role+"@", 1))
-	st.now = admin.now
+	st, role := leastPrivilegeStore(t, url, admin)
 	var who string
 	if err := st.Pool().QueryRow(ctx, "SELECT current_user").Scan(&who); err != nil || who != role {
 		t.Fatalf("connected as %q (%v), want %q", who, err, role)
@@ -333,38 +310,16 @@ func TestDedupeProbeOfARoleThatMayNotReadPartitions(t *testing.T) {
 	t.Parallel()
 	url := pgtest.Schema(t)
 	admin, _ := clockStore(t, url, Config{})
-	ctx := context.Background()
 	maintain(t, admin)
-	var b [4]byte
-	_, _ = rand.Read(b[:])
-	role := "notifyd_lp_" + hex.EncodeToString(b[:])
-	var schema string
-	if err := admin.Pool().QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
-		t.Fatal(err)
-	}
-	parts, err := admin.Partitions(ctx)
+	parts, err := admin.Partitions(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	grants := []string{
-		"CREATE ROLE " + role + " LOGIN",
-		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
-		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + schema + " TO " + role,
-	}
+	var names []string
 	for _, p := range parts {
-		grants = append(grants, "REVOKE ALL ON "+pgx.Identifier{p.Name}.Sanitize()+" FROM "+role)
+		names = append(names, pgx.Identifier{p.Name}.Sanitize())
 	}
-	for _, q := range grants {
-		if _, err := admin.Pool().Exec(ctx, q); err != nil {
-			t.Fatal(err)
-		}
-	}
-	t.Cleanup(func() {
-		_, _ = admin.Pool().Exec(context.Background(), "DROP OWNED BY "+role)
-		_, _ = admin.Pool().Exec(context.Background(), "DROP ROLE "+role)
-	})
-	st := openStore(t, strings.Replace(url, "postgres@", role+"@", 1))
-	st.now = admin.now
+	st, _ := leastPrivilegeStore(t, url, admin, names...)
 	stored := rowAt(day0)
 	writeAt(t, st, []notification.Notification{stored})
 	again := stored
@@ -377,6 +332,41 @@ func TestDedupeProbeOfARoleThatMayNotReadPartitions(t *testing.T) {
 	if !st.probeViaParent.Load() {
 		t.Fatal("the probe did not turn to the table")
 	}
+}
+
+// leastPrivilegeStore opens a store on url as a new role that has USAGE on
+// admin's schema and SELECT, INSERT, UPDATE and DELETE on all its tables but
+// the ones named in revoke, with admin's clock; and the role.
+func leastPrivilegeStore(t *testing.T, url string, admin *Store, revoke ...string) (*Store, string) {
+	t.Helper()
+	ctx := context.Background()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	role := "notifyd_lp_" + hex.EncodeToString(b[:])
+	var schema string
+	if err := admin.Pool().QueryRow(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	grants := []string{
+		"CREATE ROLE " + role + " LOGIN",
+		"GRANT USAGE ON SCHEMA " + schema + " TO " + role,
+		"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA " + schema + " TO " + role,
+	}
+	for _, table := range revoke {
+		grants = append(grants, "REVOKE ALL ON "+table+" FROM "+role)
+	}
+	for _, q := range grants {
+		if _, err := admin.Pool().Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = admin.Pool().Exec(context.Background(), "DROP OWNED BY "+role)
+		_, _ = admin.Pool().Exec(context.Background(), "DROP ROLE "+role)
+	})
+	st := openStore(t, strings.Replace(url, "postgres@", role+"@", 1))
+	st.now = admin.now
+	return st, role
 }
 
 // gathered is the value of the first series of metric name in reg, 0 when

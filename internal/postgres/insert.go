@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"strconv"
 	"strings"
 	"time"
 
@@ -78,7 +79,8 @@ type probeParts struct {
 // probeKeySQL is the partitions' oids as probeParts.key has them.
 const probeKeySQL = `(SELECT string_agg(inhrelid::text, ',' ORDER BY inhrelid) FROM pg_inherits WHERE inhparent = to_regclass('notifications'))`
 
-// loadProbeParts reads the partitions on q and makes them the probe's.
+// loadProbeParts reads the partitions on q and makes them the probe's; the
+// filters of partitions gone go with them.
 func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, error) {
 	parts, key, err := listPartitions(ctx, q)
 	if err != nil {
@@ -86,38 +88,116 @@ func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, err
 	}
 	pp := &probeParts{key: key, parts: parts}
 	s.probeParts.Store(pp)
+	s.pruneFilters(parts)
 	return pp, nil
 }
 
 // parentProbeSQL is the probe through the table, for a role that may not
 // read its partitions by name: it reads every partition the window
 // reaches, those without rows included. Its answer has no row of oids.
-const parentProbeSQL = `SELECT id, created_at, NULL::text FROM notifications
+const parentProbeSQL = `SELECT id, created_at, NULL::text, NULL::xid8 FROM notifications
 WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
 
-// probeSQL is the probe over the partitions of pp that hold rows of
-// created_at in [lo, hi]: each a primary-key lookup of the ids ($1) between
-// the bounds ($2, $3), behind a one-time check that the partition holds a
-// row at all, and first a row of NULLs with the partitions' oids as the
-// server has them (probeKeySQL). Empty when no partition covers the span.
-func probeSQL(pp *probeParts, lo, hi time.Time) string {
+// catchUpLimit bounds the rows one probe reads to bring a filter up to
+// date; a filter with more to read is built again, and its partition
+// probed by id that time (probeOnce).
+const catchUpLimit = 1000
+
+// probePlan is one probe: its statement over the partitions that the span
+// reaches, its parameters in binary, and the filters it catches up, in the
+// order of its parameters.
+type probePlan struct {
+	sql      string
+	params   [][]byte
+	filtered []filtered
+}
+
+type filtered struct {
+	f    *partFilter
+	part Partition
+}
+
+// planProbe is the probe over the partitions of pp that hold rows of
+// created_at in [lo, hi] ($2, $3; ids in $1):
+//   - first a row with the partitions' oids as the server has them
+//     (probeKeySQL) and its snapshot's xmin;
+//   - for a partition with a filter (filterOf), a primary-key lookup of
+//     only the ids the filter may hold, and the rows committed there since
+//     the filter's mark, commit_xid ascending, catchUpLimit at most, tagged
+//     with the filter's place in plan.filtered;
+//   - for any other, a primary-key lookup of the ids, behind a one-time
+//     check that the partition holds a row at all.
+//
+// Its sql is empty when no partition covers the span. The filters' marks
+// are read before their bits (docs/architecture.md, "Filters of closed
+// partitions").
+func (s *Store) planProbe(pp *probeParts, lo, hi time.Time, ids [][16]byte, idArray, from, to []byte) probePlan {
 	var b strings.Builder
+	plan := probePlan{params: [][]byte{idArray, from, to}}
+	var hashes []uint64
 	for _, p := range pp.parts {
-		if (!p.From.IsZero() && p.From.After(hi)) || (!p.To.IsZero() && !p.To.After(lo)) {
+		if !inSpan(p, lo, hi) {
 			continue
 		}
 		if b.Len() == 0 {
-			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL)
+			// $1 is named here too, for a statement whose partitions all
+			// have filters: the server must know every parameter's type.
+			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL + `, pg_snapshot_xmin(pg_current_snapshot()) FROM (SELECT $1::uuid[]) AS typed`)
 		}
 		t := pgx.Identifier{p.schema, p.Name}.Sanitize()
-		b.WriteString("\nUNION ALL SELECT id, created_at, NULL FROM ONLY " + t +
-			" WHERE (SELECT EXISTS (SELECT FROM ONLY " + t + ")) AND id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3")
+		f := s.filterOf(p)
+		if f == nil {
+			b.WriteString("\nUNION ALL SELECT id, created_at, NULL, NULL FROM ONLY " + t +
+				" WHERE (SELECT EXISTS (SELECT FROM ONLY " + t + ")) AND id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3")
+			continue
+		}
+		mark := f.mark.Load()
+		if hashes == nil {
+			hashes = make([]uint64, len(ids))
+			for i, id := range ids {
+				hashes[i] = filterHash(id)
+			}
+		}
+		var maybe [][16]byte
+		for i, h := range hashes {
+			if f.has(h) {
+				maybe = append(maybe, ids[i])
+			}
+		}
+		j := len(plan.filtered)
+		n := len(plan.params)
+		fmt.Fprintf(&b, "\nUNION ALL SELECT id, created_at, NULL, NULL FROM ONLY %s WHERE id = ANY($%d::uuid[]) AND created_at >= $2 AND created_at <= $3", t, n+1)
+		fmt.Fprintf(&b, "\nUNION ALL (SELECT id, created_at, '%d', commit_xid FROM ONLY %s WHERE commit_xid >= $%d::xid8 ORDER BY commit_xid LIMIT %d)", j, t, n+2, catchUpLimit)
+		plan.params = append(plan.params, uuidArray(maybe), binary.BigEndian.AppendUint64(nil, mark))
+		plan.filtered = append(plan.filtered, filtered{f: f, part: p})
 	}
-	return b.String()
+	plan.sql = b.String()
+	return plan
 }
 
 // uuidOID is the type oid of uuid, which a binary uuid[] names.
 const uuidOID = 2950
+
+// uuidArray is ids as the binary form of uuid[]: dimensions, has-nulls
+// flag, element type, then the one dimension's length and lower bound,
+// then each element as its length and its 16 bytes. No ids is the empty
+// array, of no dimension.
+func uuidArray(ids [][16]byte) []byte {
+	if len(ids) == 0 {
+		return binary.BigEndian.AppendUint32(make([]byte, 8, 12), uuidOID)
+	}
+	b := make([]byte, 0, 20+20*len(ids))
+	b = binary.BigEndian.AppendUint32(b, 1)
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, uuidOID)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(ids)))
+	b = binary.BigEndian.AppendUint32(b, 1)
+	for _, id := range ids {
+		b = binary.BigEndian.AppendUint32(b, 16)
+		b = append(b, id[:]...)
+	}
+	return b
+}
 
 // screenWindow marks in drop the rows that may carry another created_at
 // than an earlier copy (CreatedAtMayDiffer) and whose id is stored, or
@@ -145,35 +225,25 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 	if n == 0 {
 		return nil
 	}
-	// uuid[] in binary: dimensions, has-nulls flag, element type, then the
-	// one dimension's length and lower bound, then each element as its
-	// length and its 16 bytes.
-	ids := make([]byte, 0, 20+20*n)
-	ids = binary.BigEndian.AppendUint32(ids, 1)
-	ids = binary.BigEndian.AppendUint32(ids, 0)
-	ids = binary.BigEndian.AppendUint32(ids, uuidOID)
-	ids = binary.BigEndian.AppendUint32(ids, uint32(n))
-	ids = binary.BigEndian.AppendUint32(ids, 1)
+	ids := make([][16]byte, 0, n)
 	var filter idFilter
 	probed := make(map[[16]byte]int, n) // copies of each probed id in the batch
 	for i := range rows {
 		if r := &rows[i]; r.CreatedAtMayDiffer && !drop[i] {
-			ids = binary.BigEndian.AppendUint32(ids, 16)
-			ids = append(ids, r.ID[:]...)
+			if _, ok := probed[r.ID]; !ok {
+				ids = append(ids, r.ID)
+			}
 			filter.add(r.ID)
 			probed[r.ID] = 0
 		}
 	}
 	w := s.cfg.dedupeWindow()
-	from := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(lo.Add(-w))))
-	to := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(hi.Add(w))))
 	start := time.Now()
-	stored, err := s.probeWindow(ctx, ids, lo.Add(-w), hi.Add(w), from, to)
+	stored, err := s.probeWindow(ctx, ids, probed, lo.Add(-w), hi.Add(w))
 	out.probe = time.Since(start)
 	if err != nil {
 		return fmt.Errorf("look for duplicates within the dedupe window: %w", err)
 	}
-
 	// The usual batch: nothing stored, and each probed id once in it.
 	again := false
 	for i := range rows {
@@ -223,20 +293,23 @@ func (s *Store) screenWindow(ctx context.Context, rows []notification.Notificati
 }
 
 // probeWindow runs the probe over the partitions that [lo, hi] reaches
-// (probeSQL), its parameters (the ids, and lo and hi as from and to) in
-// binary, and returns the created_at of each id it found; nil when it
-// found none. When the partitions are not those the statement names (made
-// or dropped since the store read them; the first probe has read none), it
-// reads them again and probes again; twice at most.
-func (s *Store) probeWindow(ctx context.Context, ids []byte, lo, hi time.Time, from, to []byte) (map[[16]byte][]time.Time, error) {
+// (planProbe) for ids, each a key of probed, and returns the created_at of
+// each id of probed it found; nil when it found none. It first gives a
+// filter to one closed partition that has none (buildFilter). When the
+// partitions are not those the statement names (made or dropped since the
+// store read them; the first probe has read none), it reads them again and
+// probes again; twice at most.
+func (s *Store) probeWindow(ctx context.Context, ids [][16]byte, probed map[[16]byte]int, lo, hi time.Time) (map[[16]byte][]time.Time, error) {
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Release()
+	idArray := uuidArray(ids)
+	from := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(lo)))
+	to := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(hi)))
 	if s.probeViaParent.Load() {
-		found, _, err := probeOnce(ctx, conn.Conn(), parentProbeSQL, ids, from, to)
-		return found, err
+		return s.probeOnce(ctx, conn.Conn(), probePlan{sql: parentProbeSQL, params: [][]byte{idArray, from, to}}, probed, "")
 	}
 	pp := s.probeParts.Load()
 	for attempt := 0; ; attempt++ {
@@ -247,67 +320,154 @@ func (s *Store) probeWindow(ctx context.Context, ids []byte, lo, hi time.Time, f
 				return nil, err
 			}
 		}
-		sql := probeSQL(pp, lo, hi)
-		if sql == "" {
+		if attempt == 0 {
+			if err := s.buildFilter(ctx, conn.Conn(), pp, lo, hi); err != nil {
+				return nil, err
+			}
+		}
+		plan := s.planProbe(pp, lo, hi, ids, idArray, from, to)
+		if plan.sql == "" {
 			return nil, nil // no partition covers the span: no row can be there
 		}
-		found, key, err := probeOnce(ctx, conn.Conn(), sql, ids, from, to)
+		found, err := s.probeOnce(ctx, conn.Conn(), plan, probed, pp.key)
 		var pe *pgconn.PgError
 		switch {
-		case err == nil && key == pp.key:
+		case err == nil:
 			return found, nil
 		case attempt == 2:
-			if err == nil {
+			if errors.Is(err, errPartitionsChanged) {
 				err = errors.New("the partitions of notifications changed during each of three probes")
 			}
 			return nil, err
-		case err == nil, errors.As(err, &pe) && pe.Code == "42P01": // undefined_table: a partition dropped
+		case errors.Is(err, errPartitionsChanged), errors.As(err, &pe) && pe.Code == "42P01": // undefined_table: a partition dropped
 			pp = nil
 		case errors.As(err, &pe) && pe.Code == "42501": // insufficient_privilege
 			// Partitions need no grants of their own (docs/operations.md,
 			// "Least privilege"): a role that may read only the table
 			// probes through it, as the probe did before it named them.
 			s.probeViaParent.Store(true)
-			found, _, err := probeOnce(ctx, conn.Conn(), parentProbeSQL, ids, from, to)
-			return found, err
+			return s.probeOnce(ctx, conn.Conn(), probePlan{sql: parentProbeSQL, params: [][]byte{idArray, from, to}}, probed, "")
 		default:
 			return nil, err
 		}
 	}
 }
 
-// probeOnce runs the probe sql on conn, prepared under a name of its own
-// (one per window's partitions; pgx returns the one it has), and returns
-// what it found and the partitions' oids as the server had them.
-func probeOnce(ctx context.Context, conn *pgx.Conn, sql string, ids, from, to []byte) (map[[16]byte][]time.Time, string, error) {
-	sd, err := conn.Prepare(ctx, fmt.Sprintf("notifyd_window_probe_%016x", fnv64(sql)), sql)
+// errPartitionsChanged is a probe's answer over partitions other than
+// those its statement names.
+var errPartitionsChanged = errors.New("the partitions of notifications changed")
+
+// probeOnce runs plan on conn, prepared under a name of its own (one per
+// statement; pgx returns the one it has), and returns the created_at of
+// each id of probed it found. When the partitions' oids on the server are
+// not key (unless key is empty), it returns errPartitionsChanged and leaves
+// the filters as they were; otherwise it adds the rows the filters' catch-up
+// read to them and raises their marks. A filter whose catch-up read
+// catchUpLimit rows is dropped, to be built again, and its partition probed
+// by id.
+func (s *Store) probeOnce(ctx context.Context, conn *pgx.Conn, plan probePlan, probed map[[16]byte]int, key string) (map[[16]byte][]time.Time, error) {
+	sd, err := conn.Prepare(ctx, fmt.Sprintf("notifyd_window_probe_%016x", fnv64(plan.sql)), plan.sql)
 	if err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	binaryFormat := []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}
-	rr := conn.PgConn().ExecPrepared(ctx, sd.Name, [][]byte{ids, from, to}, binaryFormat, []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.TextFormatCode})
+	formats := make([]int16, len(plan.params))
+	for i := range formats {
+		formats[i] = pgx.BinaryFormatCode
+	}
+	rr := conn.PgConn().ExecPrepared(ctx, sd.Name, plan.params, formats,
+		[]int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.TextFormatCode, pgx.BinaryFormatCode})
 	var found map[[16]byte][]time.Time
-	var key string
+	addFound := func(id [16]byte, at time.Time) {
+		if found == nil {
+			found = make(map[[16]byte][]time.Time)
+		}
+		found[id] = append(found[id], at)
+	}
+	type caught struct {
+		id [16]byte
+		at time.Time
+	}
+	var catchUp [][]caught
+	var serverKey string
+	var xmin uint64
 	var bad error
 	for rr.NextRow() {
 		v := rr.Values()
 		switch {
-		case len(v) == 3 && v[0] == nil:
-			key = string(v[2])
-		case len(v) == 3 && len(v[0]) == 16 && len(v[1]) == 8:
-			if found == nil {
-				found = make(map[[16]byte][]time.Time)
+		case len(v) != 4:
+			bad = fmt.Errorf("the server answered the probe with a row of %d columns, not 4", len(v))
+		case v[0] == nil && len(v[3]) == 8:
+			serverKey, xmin = string(v[2]), binary.BigEndian.Uint64(v[3])
+		case len(v[0]) == 16 && len(v[1]) == 8 && v[2] == nil:
+			addFound([16]byte(v[0]), pgTime(v[1]))
+		case len(v[0]) == 16 && len(v[1]) == 8 && len(v[3]) == 8:
+			j, err := strconv.Atoi(string(v[2]))
+			if err != nil || j < 0 || j >= len(plan.filtered) {
+				bad = fmt.Errorf("the server answered the probe with a row of filter %q", v[2])
+				continue
 			}
-			id := [16]byte(v[0])
-			found[id] = append(found[id], time.UnixMicro(int64(binary.BigEndian.Uint64(v[1]))+pgEpochMicros))
+			if catchUp == nil {
+				catchUp = make([][]caught, len(plan.filtered))
+			}
+			catchUp[j] = append(catchUp[j], caught{[16]byte(v[0]), pgTime(v[1])})
 		default:
-			bad = fmt.Errorf("the server answered the probe with a row of %d columns, not (uuid, timestamptz, text)", len(v))
+			bad = errors.New("the server answered the probe with a row it should not have")
 		}
 	}
 	if _, err := rr.Close(); err != nil {
-		return nil, "", err
+		return nil, err
 	}
-	return found, key, bad
+	if bad != nil {
+		return nil, bad
+	}
+	if key != "" && serverKey != key {
+		return nil, errPartitionsChanged
+	}
+	for j, fp := range plan.filtered {
+		var rows []caught
+		if catchUp != nil {
+			rows = catchUp[j]
+		}
+		if len(rows) == catchUpLimit {
+			// More rows than a catch-up reads were committed there since:
+			// the filter is built again from the partition, and this time
+			// the partition is probed by id.
+			s.dropFilter(fp.part.oid, fp.f)
+			if err := s.probePartition(ctx, conn, fp.part, plan.params[:3], addFound); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		for _, r := range rows {
+			fp.f.add(filterHash(r.id))
+			if _, ok := probed[r.id]; ok {
+				addFound(r.id, r.at)
+			}
+		}
+		fp.f.raise(xmin)
+	}
+	return found, nil
+}
+
+// probePartition looks up the ids of params ($1, between $2 and $3) in p
+// alone, by its primary key.
+func (s *Store) probePartition(ctx context.Context, conn *pgx.Conn, p Partition, params [][]byte, add func([16]byte, time.Time)) error {
+	t := pgx.Identifier{p.schema, p.Name}.Sanitize()
+	binaryFormat := []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}
+	rr := conn.PgConn().ExecParams(ctx, "SELECT id, created_at FROM ONLY "+t+" WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3",
+		params, nil, binaryFormat, binaryFormat[:2])
+	for rr.NextRow() {
+		if v := rr.Values(); len(v) == 2 && len(v[0]) == 16 && len(v[1]) == 8 {
+			add([16]byte(v[0]), pgTime(v[1]))
+		}
+	}
+	_, err := rr.Close()
+	return err
+}
+
+// pgTime is a timestamptz in binary.
+func pgTime(b []byte) time.Time {
+	return time.UnixMicro(int64(binary.BigEndian.Uint64(b)) + pgEpochMicros)
 }
 
 // fnv64 is the 64-bit FNV-1a hash of s.

@@ -68,6 +68,7 @@ type Partition struct {
 	Name     string
 	From, To time.Time
 	schema   string // where it is, which the dedupe probe names it in
+	oid      uint32 // which the dedupe probe's filters know it by
 }
 
 // Partitions lists the partitions of notifications, oldest first. It needs
@@ -87,12 +88,12 @@ func listPartitions(ctx context.Context, q querier) ([]Partition, string, error)
 	// The bounds are read back through the session's own timestamptz input,
 	// so the session's time zone does not matter.
 	rows, err := q.Query(ctx, `
-		SELECT c.relname::text, n.nspname::text, `+probeKeySQL+`,
+		SELECT c.relname::text, n.nspname::text, c.oid, `+probeKeySQL+`,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']*)''\)'))[1]::timestamptz,
 		       (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']*)''\)'))[1]::timestamptz
 		FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_namespace n ON n.oid = c.relnamespace
 		WHERE i.inhparent = to_regclass('notifications')
-		ORDER BY 4 NULLS FIRST`)
+		ORDER BY 5 NULLS FIRST`)
 	if err != nil {
 		return nil, "", fmt.Errorf("list partitions: %w", err)
 	}
@@ -100,8 +101,8 @@ func listPartitions(ctx context.Context, q querier) ([]Partition, string, error)
 	var p Partition
 	var key string
 	var from, to *time.Time
-	_, err = pgx.ForEachRow(rows, []any{&p.Name, &p.schema, &key, &from, &to}, func() error {
-		q := Partition{Name: p.Name, schema: p.schema}
+	_, err = pgx.ForEachRow(rows, []any{&p.Name, &p.schema, &p.oid, &key, &from, &to}, func() error {
+		q := Partition{Name: p.Name, schema: p.schema, oid: p.oid}
 		if from != nil {
 			q.From = from.UTC()
 		}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -176,6 +177,13 @@ type Store struct {
 	// probeViaParent is set once the role proved unable to read the
 	// partitions by name: the probe then asks the table (parentProbeSQL).
 	probeViaParent atomic.Bool
+	// filters are the probe's filters of closed partitions by oid, a map
+	// never changed once stored; filtersMu serialises replacing it, and
+	// building lets one filter be built at a time (filter.go).
+	filters      atomic.Pointer[map[uint32]*partFilter]
+	filtersMu    sync.Mutex
+	building     atomic.Bool
+	filterBudget int // bytes (filterBudget; tests lower it)
 }
 
 // Open connects a pool and checks that the server answers.
@@ -202,7 +210,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if now == nil {
 		now = time.Now
 	}
-	return &Store{pool: pool, desc: desc, cfg: cfg, now: now, smallTable: smallTableBytes}, nil
+	return &Store{pool: pool, desc: desc, cfg: cfg, now: now, smallTable: smallTableBytes, filterBudget: filterBudget}, nil
 }
 
 // String names the database without credentials, for logs.

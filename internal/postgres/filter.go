@@ -1,0 +1,245 @@
+package postgres
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Filters of closed partitions (docs/architecture.md, "Filters of closed
+// partitions"): the dedupe probe asks a partition whose range ended a while
+// ago only for the ids its filter may hold, and for the rows committed
+// there since the filter last caught up.
+
+const (
+	// filterAfter is how long after its range ends a partition is given a
+	// filter: by then it takes only late rows.
+	filterAfter = time.Hour
+	// filterBudget bounds the memory of a store's filters, in bytes
+	// (Store.filterBudget; tests lower it).
+	filterBudget = 8 << 20
+	// filterBitsPerID and filterHashes give about 1 % false positives.
+	filterBitsPerID = 10
+	filterHashes    = 7
+)
+
+// partFilter is a Bloom filter of the ids of one partition, and the mark
+// below which every committed row's id is in it. An entry without bits
+// marks a partition too large for the budget: it is probed by id.
+type partFilter struct {
+	bits []atomic.Uint64
+	m    uint64        // len(bits) × 64
+	mark atomic.Uint64 // a transaction id (xid8): every row committed below it is in bits
+}
+
+// filterHash is the hash of an id that partFilter's probes derive from.
+func filterHash(id [16]byte) uint64 {
+	h := binary.LittleEndian.Uint64(id[:8]) ^ bits.RotateLeft64(binary.LittleEndian.Uint64(id[8:]), 29)
+	// The finaliser of SplitMix64: every bit of the id reaches every bit.
+	h ^= h >> 30
+	h *= 0xbf58476d1ce4e5b9
+	h ^= h >> 27
+	h *= 0x94d049bb133111eb
+	return h ^ h>>31
+}
+
+func newPartFilter(hashes []uint64) *partFilter {
+	words := (uint64(len(hashes))*filterBitsPerID + 63) / 64
+	f := &partFilter{bits: make([]atomic.Uint64, max(words, 1))}
+	f.m = uint64(len(f.bits)) * 64
+	for _, h := range hashes {
+		f.add(h)
+	}
+	return f
+}
+
+// The filter's bits for a hash h are filterHashes positions by double
+// hashing: h, h+step, h+2·step, … each scaled into [0, m).
+
+func (f *partFilter) add(h uint64) {
+	step := (h>>32 | h<<32) | 1
+	for range filterHashes {
+		b, _ := bits.Mul64(h, f.m)
+		f.bits[b>>6].Or(1 << (b & 63))
+		h += step
+	}
+}
+
+// has reports whether the id of hash h may be in the filter; never false
+// for one added.
+func (f *partFilter) has(h uint64) bool {
+	step := (h>>32 | h<<32) | 1
+	for range filterHashes {
+		b, _ := bits.Mul64(h, f.m)
+		if f.bits[b>>6].Load()&(1<<(b&63)) == 0 {
+			return false
+		}
+		h += step
+	}
+	return true
+}
+
+// raise makes the mark x, unless it is already higher.
+func (f *partFilter) raise(x uint64) {
+	for {
+		cur := f.mark.Load()
+		if x <= cur || f.mark.CompareAndSwap(cur, x) {
+			return
+		}
+	}
+}
+
+func (f *partFilter) size() int { return len(f.bits) * 8 }
+
+// closed reports whether p takes only late rows at now.
+func closed(p Partition, now time.Time) bool {
+	return !p.To.IsZero() && !p.To.After(now.Add(-filterAfter))
+}
+
+// filterOf is the usable filter of p, or nil.
+func (s *Store) filterOf(p Partition) *partFilter {
+	if m := s.filters.Load(); m != nil {
+		if f := (*m)[p.oid]; f != nil && f.bits != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+// setFilters replaces the filters by edit's change of a copy of them.
+func (s *Store) setFilters(edit func(map[uint32]*partFilter)) {
+	s.filtersMu.Lock()
+	defer s.filtersMu.Unlock()
+	m := make(map[uint32]*partFilter)
+	if old := s.filters.Load(); old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	edit(m)
+	s.filters.Store(&m)
+}
+
+// dropFilter drops f, the filter of the partition oid, unless it was
+// replaced already.
+func (s *Store) dropFilter(oid uint32, f *partFilter) {
+	s.setFilters(func(m map[uint32]*partFilter) {
+		if m[oid] == f {
+			delete(m, oid)
+		}
+	})
+}
+
+// pruneFilters drops the filters of partitions not in parts.
+func (s *Store) pruneFilters(parts []Partition) {
+	m := s.filters.Load()
+	if m == nil {
+		return
+	}
+	keep := make(map[uint32]bool, len(parts))
+	for _, p := range parts {
+		keep[p.oid] = true
+	}
+	for oid := range *m {
+		if !keep[oid] {
+			s.setFilters(func(m map[uint32]*partFilter) {
+				for oid := range m {
+					if !keep[oid] {
+						delete(m, oid)
+					}
+				}
+			})
+			return
+		}
+	}
+}
+
+// buildFilter gives a filter to one closed partition of pp that the span
+// [lo, hi] reaches and that has none yet, on conn; nothing when there is
+// none or another writer is building one. A partition gone or not readable
+// by name is left to the probe, which deals with both.
+func (s *Store) buildFilter(ctx context.Context, conn *pgx.Conn, pp *probeParts, lo, hi time.Time) error {
+	now := s.now()
+	m := s.filters.Load()
+	var target *Partition
+	for i := range pp.parts {
+		p := &pp.parts[i]
+		if !inSpan(*p, lo, hi) || !closed(*p, now) {
+			continue
+		}
+		if m != nil {
+			if _, ok := (*m)[p.oid]; ok {
+				continue
+			}
+		}
+		target = p
+		break
+	}
+	if target == nil || !s.building.CompareAndSwap(false, true) {
+		return nil
+	}
+	defer s.building.Store(false)
+
+	used := 0
+	if m != nil {
+		for _, f := range *m {
+			used += f.size()
+		}
+	}
+	limit := (s.filterBudget - used) * 8 / filterBitsPerID
+	t := pgx.Identifier{target.schema, target.Name}.Sanitize()
+	// One statement, one snapshot: its xmin and the ids it sees.
+	rr := conn.PgConn().ExecParams(ctx,
+		`SELECT NULL::uuid, pg_snapshot_xmin(pg_current_snapshot())::text UNION ALL SELECT id, NULL FROM ONLY `+t,
+		nil, nil, nil, []int16{pgx.BinaryFormatCode, pgx.TextFormatCode})
+	var hashes []uint64
+	var mark uint64
+	over := false
+	for rr.NextRow() {
+		v := rr.Values()
+		switch {
+		case v[0] == nil && v[1] != nil:
+			x, err := strconv.ParseUint(string(v[1]), 10, 64)
+			if err != nil {
+				return fmt.Errorf("dedupe filter of %s: the snapshot's xmin %q: %w", target.Name, v[1], err)
+			}
+			mark = x
+		case len(v[0]) == 16 && !over:
+			if len(hashes) == limit {
+				over, hashes = true, nil
+				continue
+			}
+			hashes = append(hashes, filterHash([16]byte(v[0])))
+		}
+	}
+	if _, err := rr.Close(); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && (pe.Code == "42P01" || pe.Code == "42501") {
+			return nil
+		}
+		return fmt.Errorf("dedupe filter of %s: %w", target.Name, err)
+	}
+	if mark == 0 {
+		return fmt.Errorf("dedupe filter of %s: the server gave no snapshot", target.Name)
+	}
+	f := &partFilter{} // over the budget: probed by id
+	if !over {
+		f = newPartFilter(hashes)
+		f.mark.Store(mark)
+	}
+	s.setFilters(func(m map[uint32]*partFilter) { m[target.oid] = f })
+	return nil
+}
+
+// inSpan reports whether p may hold rows of created_at in [lo, hi].
+func inSpan(p Partition, lo, hi time.Time) bool {
+	return !((!p.From.IsZero() && p.From.After(hi)) || (!p.To.IsZero() && !p.To.After(lo)))
+}

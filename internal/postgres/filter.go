@@ -51,13 +51,11 @@ func filterHash(id [16]byte) uint64 {
 	return h ^ h>>31
 }
 
-func newPartFilter(hashes []uint64) *partFilter {
-	words := (uint64(len(hashes))*filterBitsPerID + 63) / 64
+// newPartFilter is an empty filter sized for n ids.
+func newPartFilter(n int) *partFilter {
+	words := (uint64(n)*filterBitsPerID + 63) / 64
 	f := &partFilter{bits: make([]atomic.Uint64, max(words, 1))}
 	f.m = uint64(len(f.bits)) * 64
-	for _, h := range hashes {
-		f.add(h)
-	}
 	return f
 }
 
@@ -196,28 +194,38 @@ func (s *Store) buildFilter(ctx context.Context, conn *pgx.Conn, pp *probeParts,
 	}
 	limit := (s.filterBudget - used) * 8 / filterBitsPerID
 	t := pgx.Identifier{target.schema, target.Name}.Sanitize()
-	// One statement, one snapshot: its xmin and the ids it sees.
+	// One statement, one snapshot: its xmin, how many rows the partition
+	// holds, and their ids unless they are more than limit ($1).
 	rr := conn.PgConn().ExecParams(ctx,
-		`SELECT NULL::uuid, pg_snapshot_xmin(pg_current_snapshot())::text UNION ALL SELECT id, NULL FROM ONLY `+t,
-		nil, nil, nil, []int16{pgx.BinaryFormatCode, pgx.TextFormatCode})
-	var hashes []uint64
+		`WITH c AS MATERIALIZED (SELECT count(*) AS n FROM ONLY `+t+`)
+SELECT NULL::uuid, pg_snapshot_xmin(pg_current_snapshot())::text, c.n FROM c
+UNION ALL SELECT p.id, NULL, NULL FROM c, ONLY `+t+` p WHERE c.n <= $1`,
+		[][]byte{binary.BigEndian.AppendUint64(nil, uint64(limit))}, nil, []int16{pgx.BinaryFormatCode},
+		[]int16{pgx.BinaryFormatCode, pgx.TextFormatCode, pgx.BinaryFormatCode})
+	var f *partFilter
 	var mark uint64
-	over := false
+	var bad error
 	for rr.NextRow() {
 		v := rr.Values()
 		switch {
-		case v[0] == nil && v[1] != nil:
+		case len(v) != 3:
+			bad = fmt.Errorf("a row of %d columns, not 3", len(v))
+		case v[0] == nil && v[1] != nil && len(v[2]) == 8:
 			x, err := strconv.ParseUint(string(v[1]), 10, 64)
 			if err != nil {
-				return fmt.Errorf("dedupe filter of %s: the snapshot's xmin %q: %w", target.Name, v[1], err)
+				bad = fmt.Errorf("the snapshot's xmin %q: %w", v[1], err)
 			}
+			n := int64(binary.BigEndian.Uint64(v[2]))
 			mark = x
-		case len(v[0]) == 16 && !over:
-			if len(hashes) == limit {
-				over, hashes = true, nil
-				continue
+			if n > int64(limit) {
+				f = &partFilter{} // over the budget: probed by id
+			} else {
+				f = newPartFilter(int(n))
 			}
-			hashes = append(hashes, filterHash([16]byte(v[0])))
+		case len(v[0]) == 16 && f != nil && f.bits != nil:
+			f.add(filterHash([16]byte(v[0])))
+		default:
+			bad = errors.New("a row it should not have")
 		}
 	}
 	if _, err := rr.Close(); err != nil {
@@ -227,14 +235,13 @@ func (s *Store) buildFilter(ctx context.Context, conn *pgx.Conn, pp *probeParts,
 		}
 		return fmt.Errorf("dedupe filter of %s: %w", target.Name, err)
 	}
-	if mark == 0 {
-		return fmt.Errorf("dedupe filter of %s: the server gave no snapshot", target.Name)
+	if bad == nil && (f == nil || mark == 0) {
+		bad = errors.New("no row of its snapshot")
 	}
-	f := &partFilter{} // over the budget: probed by id
-	if !over {
-		f = newPartFilter(hashes)
-		f.mark.Store(mark)
+	if bad != nil {
+		return fmt.Errorf("dedupe filter of %s: the server answered with %w", target.Name, bad)
 	}
+	f.mark.Store(mark)
 	s.setFilters(func(m map[uint32]*partFilter) { m[target.oid] = f })
 	return nil
 }

@@ -18,7 +18,7 @@ func bare(parts map[int32]*partition) *core {
 	p := &Pipeline{
 		cfg: Config{Topic: testTopic, Writers: 1}.withDefaults(),
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		m:   newMetrics(nil, func() float64 { return 0 }),
+		m:   newMetrics(nil, func() float64 { return 0 }, func() postgres.FilterStats { return postgres.FilterStats{} }),
 	}
 	p.gate.init()
 	p.writers = []*writer{{in: make(chan *batch, 1)}}

@@ -432,6 +432,14 @@ func TestDedupeProbeIsTimed(t *testing.T) {
 	e.produce(0, noTime.value())
 	e.waitStoredOffsets(map[int32]int64{0: 3, 1: -1, 2: -1}, 20*time.Second)
 	r.waitMetric(t, 10*time.Second, 1, "notifyd_dedupe_probe_duration_seconds")
+	// The filters' gauges read the store's filters as they are.
+	fs := e.store.DedupeFilters()
+	for name, want := range map[string]int{"notifyd_dedupe_filter_bytes": fs.Bytes,
+		"notifyd_dedupe_filter_partitions": fs.Partitions, "notifyd_dedupe_filter_over_budget_partitions": fs.OverBudget} {
+		if got := r.metric(name); got != float64(want) {
+			t.Errorf("%s: %v, want %d as the store has it", name, got, want)
+		}
+	}
 }
 
 func TestDeadLettersInvalidMessages(t *testing.T) {

@@ -357,7 +357,7 @@ func (r *recordingTB) Errorf(format string, args ...any) {
 // that is not there instead of reading it as 0.
 func TestMetricFailsOnAMissingSeries(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	newMetrics(reg, func() float64 { return 0 })
+	newMetrics(reg, func() float64 { return 0 }, func() postgres.FilterStats { return postgres.FilterStats{} })
 	rec := &recordingTB{TB: t}
 	r := &running{t: rec, reg: reg}
 	if got := r.metric("notifyd_rows_stored_total"); got != 0 || len(rec.errors) != 0 {

@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/notifyd/notifyd/internal/postgres"
 )
 
 // metrics are the pipeline's Prometheus collectors. Labels are few and
@@ -19,6 +21,9 @@ type metrics struct {
 	fenced         prometheus.Counter
 	setAside       prometheus.Counter
 	oldest         prometheus.GaugeFunc
+	filterBytes    prometheus.GaugeFunc
+	filterParts    prometheus.GaugeFunc
+	filterOver     prometheus.GaugeFunc
 	breakerState   prometheus.Gauge
 	batchSize      prometheus.Histogram
 	flushSeconds   prometheus.Histogram
@@ -32,8 +37,9 @@ type metrics struct {
 }
 
 // newMetrics registers the pipeline's metrics with reg; oldest is the age
-// of the oldest unwritten message, in seconds.
-func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
+// of the oldest unwritten message, in seconds, and filters what the store's
+// dedupe filters hold.
+func newMetrics(reg prometheus.Registerer, oldest func() float64, filters func() postgres.FilterStats) *metrics {
 	if reg == nil {
 		reg = prometheus.NewRegistry() // counted but not exported
 	}
@@ -75,6 +81,15 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 		oldest: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "notifyd_oldest_unwritten_message_seconds", Help: "Age of the oldest message read and not yet committed (buffered or in a write), from when it was read; 0 when none.",
 		}, oldest),
+		filterBytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "notifyd_dedupe_filter_bytes", Help: "Memory of the dedupe window's filters of closed partitions (8 MiB at most).",
+		}, func() float64 { return float64(filters().Bytes) }),
+		filterParts: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "notifyd_dedupe_filter_partitions", Help: "Closed partitions whose ids the dedupe window's probe rules out through a filter.",
+		}, func() float64 { return float64(filters().Partitions) }),
+		filterOver: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "notifyd_dedupe_filter_over_budget_partitions", Help: "Closed partitions the dedupe window's probe looks up id by id because their filter would not fit in what is left of the filters' 8 MiB.",
+		}, func() float64 { return float64(filters().OverBudget) }),
 		breakerState: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "notifyd_breaker_state", Help: "Database circuit breaker: 0 closed, 1 half-open, 2 open.",
 		}),
@@ -111,7 +126,7 @@ func newMetrics(reg prometheus.Registerer, oldest func() float64) *metrics {
 		}, []string{"partition"}),
 	}
 	for _, c := range []prometheus.Collector{m.consumed, m.stored, m.duplicates, m.expired, m.deadLetters, m.dlqPublished, m.dlqKept, m.retries,
-		m.writes, m.fenced, m.setAside, m.oldest, m.breakerState, m.batchSize, m.flushSeconds, m.probeSeconds, m.e2eSeconds, m.bufferedRows,
+		m.writes, m.fenced, m.setAside, m.oldest, m.filterBytes, m.filterParts, m.filterOver, m.breakerState, m.batchSize, m.flushSeconds, m.probeSeconds, m.e2eSeconds, m.bufferedRows,
 		m.bufferedBytes, m.assigned, m.storedPosition, m.lag} {
 		f(c)
 	}

@@ -98,7 +98,7 @@ func New(cfg Config, store *postgres.Store, log *slog.Logger, reg prometheus.Reg
 	p.ctl.init()
 	p.gate.init()
 	p.snap.Store(&snapshot{})
-	p.m = newMetrics(reg, p.oldestUnwritten)
+	p.m = newMetrics(reg, p.oldestUnwritten, store.DedupeFilters)
 	for i := range cfg.Writers {
 		p.writers = append(p.writers, &writer{id: i, in: make(chan *batch, 1)})
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,13 +32,29 @@ const (
 	filterHashes    = 7
 )
 
-// partFilter is a Bloom filter of the ids of one partition, and the mark
-// below which every committed row's id is in it. An entry without bits
-// marks a partition too large for the budget: it is probed by id.
+// partFilter is a Bloom filter of the ids of one partition, and a snapshot
+// whose every visible row's id is in it. An entry without bits marks a
+// partition too large for the budget: it is probed by id.
 type partFilter struct {
 	bits []atomic.Uint64
-	m    uint64        // len(bits) × 64
-	mark atomic.Uint64 // a transaction id (xid8): every row committed below it is in bits
+	m    uint64 // len(bits) × 64
+	snap atomic.Pointer[filterSnap]
+}
+
+// filterSnap is a pg_snapshot: its text form, and its xmin.
+type filterSnap struct {
+	text string
+	xmin uint64
+}
+
+// parseSnap reads a pg_snapshot's text form, "xmin:xmax:xip,…".
+func parseSnap(text string) (*filterSnap, error) {
+	x, _, ok := strings.Cut(text, ":")
+	xmin, err := strconv.ParseUint(x, 10, 64)
+	if !ok || err != nil {
+		return nil, fmt.Errorf("a snapshot %q, not xmin:xmax:xip", text)
+	}
+	return &filterSnap{text: text, xmin: xmin}, nil
 }
 
 // filterHash is the hash of an id that partFilter's probes derive from.
@@ -85,17 +102,42 @@ func (f *partFilter) has(h uint64) bool {
 	return true
 }
 
-// raise makes the mark x, unless it is already higher.
-func (f *partFilter) raise(x uint64) {
+// advance makes sn the filter's snapshot, unless the one it has is later
+// (by xmin). Its caller has added every row visible in sn.
+func (f *partFilter) advance(sn *filterSnap) {
 	for {
-		cur := f.mark.Load()
-		if x <= cur || f.mark.CompareAndSwap(cur, x) {
+		cur := f.snap.Load()
+		if sn.xmin < cur.xmin || f.snap.CompareAndSwap(cur, sn) {
 			return
 		}
 	}
 }
 
 func (f *partFilter) size() int { return len(f.bits) * 8 }
+
+// FilterStats is what the dedupe probe's filters of closed partitions hold
+// (docs/architecture.md, "Filters of closed partitions").
+type FilterStats struct {
+	Partitions int // closed partitions with a filter
+	OverBudget int // closed partitions probed by id: their filter would not fit
+	Bytes      int // memory of the filters
+}
+
+// DedupeFilters reports the store's filters as they are.
+func (s *Store) DedupeFilters() FilterStats {
+	var st FilterStats
+	if m := s.filters.Load(); m != nil {
+		for _, f := range *m {
+			if f.bits == nil {
+				st.OverBudget++
+				continue
+			}
+			st.Partitions++
+			st.Bytes += f.size()
+		}
+	}
+	return st
+}
 
 // closed reports whether p takes only late rows at now.
 func closed(p Partition, now time.Time) bool {
@@ -124,16 +166,6 @@ func (s *Store) setFilters(edit func(map[uint32]*partFilter)) {
 	}
 	edit(m)
 	s.filters.Store(&m)
-}
-
-// dropFilter drops f, the filter of the partition oid, unless it was
-// replaced already.
-func (s *Store) dropFilter(oid uint32, f *partFilter) {
-	s.setFilters(func(m map[uint32]*partFilter) {
-		if m[oid] == f {
-			delete(m, oid)
-		}
-	})
 }
 
 // pruneFilters drops the filters of partitions not in parts.
@@ -194,16 +226,16 @@ func (s *Store) buildFilter(ctx context.Context, conn *pgx.Conn, pp *probeParts,
 	}
 	limit := (s.filterBudget - used) * 8 / filterBitsPerID
 	t := pgx.Identifier{target.schema, target.Name}.Sanitize()
-	// One statement, one snapshot: its xmin, how many rows the partition
-	// holds, and their ids unless they are more than limit ($1).
+	// One statement, one snapshot: the snapshot, how many rows the
+	// partition holds, and their ids unless they are more than limit ($1).
 	rr := conn.PgConn().ExecParams(ctx,
 		`WITH c AS MATERIALIZED (SELECT count(*) AS n FROM ONLY `+t+`)
-SELECT NULL::uuid, pg_snapshot_xmin(pg_current_snapshot())::text, c.n FROM c
+SELECT NULL::uuid, pg_current_snapshot()::text, c.n FROM c
 UNION ALL SELECT p.id, NULL, NULL FROM c, ONLY `+t+` p WHERE c.n <= $1`,
 		[][]byte{binary.BigEndian.AppendUint64(nil, uint64(limit))}, nil, []int16{pgx.BinaryFormatCode},
 		[]int16{pgx.BinaryFormatCode, pgx.TextFormatCode, pgx.BinaryFormatCode})
 	var f *partFilter
-	var mark uint64
+	var sn *filterSnap
 	var bad error
 	for rr.NextRow() {
 		v := rr.Values()
@@ -211,12 +243,11 @@ UNION ALL SELECT p.id, NULL, NULL FROM c, ONLY `+t+` p WHERE c.n <= $1`,
 		case len(v) != 3:
 			bad = fmt.Errorf("a row of %d columns, not 3", len(v))
 		case v[0] == nil && v[1] != nil && len(v[2]) == 8:
-			x, err := strconv.ParseUint(string(v[1]), 10, 64)
-			if err != nil {
-				bad = fmt.Errorf("the snapshot's xmin %q: %w", v[1], err)
+			var err error
+			if sn, err = parseSnap(string(v[1])); err != nil {
+				bad = err
 			}
 			n := int64(binary.BigEndian.Uint64(v[2]))
-			mark = x
 			if n > int64(limit) {
 				f = &partFilter{} // over the budget: probed by id
 			} else {
@@ -235,13 +266,13 @@ UNION ALL SELECT p.id, NULL, NULL FROM c, ONLY `+t+` p WHERE c.n <= $1`,
 		}
 		return fmt.Errorf("dedupe filter of %s: %w", target.Name, err)
 	}
-	if bad == nil && (f == nil || mark == 0) {
+	if bad == nil && (f == nil || sn == nil) {
 		bad = errors.New("no row of its snapshot")
 	}
 	if bad != nil {
 		return fmt.Errorf("dedupe filter of %s: the server answered with %w", target.Name, bad)
 	}
-	f.mark.Store(mark)
+	f.snap.Store(sn)
 	s.setFilters(func(m map[uint32]*partFilter) { m[target.oid] = f })
 	return nil
 }

@@ -95,20 +95,16 @@ func (s *Store) loadProbeParts(ctx context.Context, q querier) (*probeParts, err
 // parentProbeSQL is the probe through the table, for a role that may not
 // read its partitions by name: it reads every partition the window
 // reaches, those without rows included. Its answer has no row of oids.
-const parentProbeSQL = `SELECT id, created_at, NULL::text, NULL::xid8 FROM notifications
+const parentProbeSQL = `SELECT id, created_at, NULL::text, NULL::text FROM notifications
 WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3`
 
-// catchUpLimit bounds the rows one probe reads to bring a filter up to
-// date; a filter with more to read is built again, and its partition
-// probed by id that time (probeOnce).
-const catchUpLimit = 1000
-
 // probePlan is one probe: its statement over the partitions that the span
-// reaches, its parameters in binary, and the filters it catches up, in the
-// order of its parameters.
+// reaches, its parameters and their formats, and the filters it catches
+// up, in the order of its parameters.
 type probePlan struct {
 	sql      string
 	params   [][]byte
+	formats  []int16
 	filtered []filtered
 }
 
@@ -120,20 +116,22 @@ type filtered struct {
 // planProbe is the probe over the partitions of pp that hold rows of
 // created_at in [lo, hi] ($2, $3; ids in $1):
 //   - first a row with the partitions' oids as the server has them
-//     (probeKeySQL) and its snapshot's xmin;
+//     (probeKeySQL) and its snapshot;
 //   - for a partition with a filter (filterOf), a primary-key lookup of
-//     only the ids the filter may hold, and the rows committed there since
-//     the filter's mark, commit_xid ascending, catchUpLimit at most, tagged
-//     with the filter's place in plan.filtered;
+//     only the ids the filter may hold, and the rows committed there that
+//     the filter's snapshot does not see (through the (commit_xid) index:
+//     at or above its xmin, below the statement's xmax), tagged with the
+//     filter's place in plan.filtered;
 //   - for any other, a primary-key lookup of the ids, behind a one-time
 //     check that the partition holds a row at all.
 //
-// Its sql is empty when no partition covers the span. The filters' marks
-// are read before their bits (docs/architecture.md, "Filters of closed
-// partitions").
+// Its sql is empty when no partition covers the span. The filters'
+// snapshots are read before their bits (docs/architecture.md, "Filters of
+// closed partitions").
 func (s *Store) planProbe(pp *probeParts, lo, hi time.Time, ids [][16]byte, idArray, from, to []byte) probePlan {
 	var b strings.Builder
-	plan := probePlan{params: [][]byte{idArray, from, to}}
+	plan := probePlan{params: [][]byte{idArray, from, to},
+		formats: []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}}
 	var hashes []uint64
 	for _, p := range pp.parts {
 		if !inSpan(p, lo, hi) {
@@ -142,7 +140,7 @@ func (s *Store) planProbe(pp *probeParts, lo, hi time.Time, ids [][16]byte, idAr
 		if b.Len() == 0 {
 			// $1 is named here too, for a statement whose partitions all
 			// have filters: the server must know every parameter's type.
-			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL + `, pg_snapshot_xmin(pg_current_snapshot()) FROM (SELECT $1::uuid[]) AS typed`)
+			b.WriteString(`SELECT NULL::uuid, NULL::timestamptz, ` + probeKeySQL + `, pg_current_snapshot()::text FROM (SELECT $1::uuid[]) AS typed`)
 		}
 		t := pgx.Identifier{p.schema, p.Name}.Sanitize()
 		f := s.filterOf(p)
@@ -151,7 +149,7 @@ func (s *Store) planProbe(pp *probeParts, lo, hi time.Time, ids [][16]byte, idAr
 				" WHERE (SELECT EXISTS (SELECT FROM ONLY " + t + ")) AND id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3")
 			continue
 		}
-		mark := f.mark.Load()
+		sn := f.snap.Load()
 		if hashes == nil {
 			hashes = make([]uint64, len(ids))
 			for i, id := range ids {
@@ -167,8 +165,12 @@ func (s *Store) planProbe(pp *probeParts, lo, hi time.Time, ids [][16]byte, idAr
 		j := len(plan.filtered)
 		n := len(plan.params)
 		fmt.Fprintf(&b, "\nUNION ALL SELECT id, created_at, NULL, NULL FROM ONLY %s WHERE id = ANY($%d::uuid[]) AND created_at >= $2 AND created_at <= $3", t, n+1)
-		fmt.Fprintf(&b, "\nUNION ALL (SELECT id, created_at, '%d', commit_xid FROM ONLY %s WHERE commit_xid >= $%d::xid8 ORDER BY commit_xid LIMIT %d)", j, t, n+2, catchUpLimit)
-		plan.params = append(plan.params, uuidArray(maybe), binary.BigEndian.AppendUint64(nil, mark))
+		// Bounded on both sides, the range is estimated narrow, and the
+		// generic plan keeps to the index.
+		fmt.Fprintf(&b, "\nUNION ALL SELECT id, created_at, '%[1]d', NULL FROM ONLY %[2]s WHERE commit_xid >= pg_snapshot_xmin($%[3]d::pg_snapshot)"+
+			" AND commit_xid < pg_snapshot_xmax(pg_current_snapshot()) AND NOT pg_visible_in_snapshot(commit_xid, $%[3]d::pg_snapshot)", j, t, n+2)
+		plan.params = append(plan.params, uuidArray(maybe), []byte(sn.text))
+		plan.formats = append(plan.formats, pgx.BinaryFormatCode, pgx.TextFormatCode)
 		plan.filtered = append(plan.filtered, filtered{f: f, part: p})
 	}
 	plan.sql = b.String()
@@ -309,7 +311,7 @@ func (s *Store) probeWindow(ctx context.Context, ids [][16]byte, probed map[[16]
 	from := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(lo)))
 	to := binary.BigEndian.AppendUint64(nil, uint64(pgMicros(hi)))
 	if s.probeViaParent.Load() {
-		return s.probeOnce(ctx, conn.Conn(), probePlan{sql: parentProbeSQL, params: [][]byte{idArray, from, to}}, probed, "")
+		return s.probeOnce(ctx, conn.Conn(), parentPlan(idArray, from, to), probed, "")
 	}
 	pp := s.probeParts.Load()
 	for attempt := 0; ; attempt++ {
@@ -346,11 +348,17 @@ func (s *Store) probeWindow(ctx context.Context, ids [][16]byte, probed map[[16]
 			// "Least privilege"): a role that may read only the table
 			// probes through it, as the probe did before it named them.
 			s.probeViaParent.Store(true)
-			return s.probeOnce(ctx, conn.Conn(), probePlan{sql: parentProbeSQL, params: [][]byte{idArray, from, to}}, probed, "")
+			return s.probeOnce(ctx, conn.Conn(), parentPlan(idArray, from, to), probed, "")
 		default:
 			return nil, err
 		}
 	}
+}
+
+// parentPlan is the probe through the table (parentProbeSQL).
+func parentPlan(idArray, from, to []byte) probePlan {
+	return probePlan{sql: parentProbeSQL, params: [][]byte{idArray, from, to},
+		formats: []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}}
 }
 
 // errPartitionsChanged is a probe's answer over partitions other than
@@ -362,20 +370,14 @@ var errPartitionsChanged = errors.New("the partitions of notifications changed")
 // each id of probed it found. When the partitions' oids on the server are
 // not key (unless key is empty), it returns errPartitionsChanged and leaves
 // the filters as they were; otherwise it adds the rows the filters' catch-up
-// read to them and raises their marks. A filter whose catch-up read
-// catchUpLimit rows is dropped, to be built again, and its partition probed
-// by id.
+// read to them, and then gives them the statement's snapshot.
 func (s *Store) probeOnce(ctx context.Context, conn *pgx.Conn, plan probePlan, probed map[[16]byte]int, key string) (map[[16]byte][]time.Time, error) {
 	sd, err := conn.Prepare(ctx, fmt.Sprintf("notifyd_window_probe_%016x", fnv64(plan.sql)), plan.sql)
 	if err != nil {
 		return nil, err
 	}
-	formats := make([]int16, len(plan.params))
-	for i := range formats {
-		formats[i] = pgx.BinaryFormatCode
-	}
-	rr := conn.PgConn().ExecPrepared(ctx, sd.Name, plan.params, formats,
-		[]int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.TextFormatCode, pgx.BinaryFormatCode})
+	rr := conn.PgConn().ExecPrepared(ctx, sd.Name, plan.params, plan.formats,
+		[]int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.TextFormatCode, pgx.TextFormatCode})
 	var found map[[16]byte][]time.Time
 	addFound := func(id [16]byte, at time.Time) {
 		if found == nil {
@@ -389,18 +391,21 @@ func (s *Store) probeOnce(ctx context.Context, conn *pgx.Conn, plan probePlan, p
 	}
 	var catchUp [][]caught
 	var serverKey string
-	var xmin uint64
+	var snap *filterSnap
 	var bad error
 	for rr.NextRow() {
 		v := rr.Values()
 		switch {
 		case len(v) != 4:
 			bad = fmt.Errorf("the server answered the probe with a row of %d columns, not 4", len(v))
-		case v[0] == nil && len(v[3]) == 8:
-			serverKey, xmin = string(v[2]), binary.BigEndian.Uint64(v[3])
+		case v[0] == nil && v[3] != nil:
+			serverKey = string(v[2])
+			if snap, err = parseSnap(string(v[3])); err != nil {
+				bad = fmt.Errorf("the server answered the probe with %w", err)
+			}
 		case len(v[0]) == 16 && len(v[1]) == 8 && v[2] == nil:
 			addFound([16]byte(v[0]), pgTime(v[1]))
-		case len(v[0]) == 16 && len(v[1]) == 8 && len(v[3]) == 8:
+		case len(v[0]) == 16 && len(v[1]) == 8:
 			j, err := strconv.Atoi(string(v[2]))
 			if err != nil || j < 0 || j >= len(plan.filtered) {
 				bad = fmt.Errorf("the server answered the probe with a row of filter %q", v[2])
@@ -417,6 +422,9 @@ func (s *Store) probeOnce(ctx context.Context, conn *pgx.Conn, plan probePlan, p
 	if _, err := rr.Close(); err != nil {
 		return nil, err
 	}
+	if bad == nil && len(plan.filtered) > 0 && snap == nil {
+		bad = errors.New("the server answered the probe without its snapshot")
+	}
 	if bad != nil {
 		return nil, bad
 	}
@@ -424,45 +432,17 @@ func (s *Store) probeOnce(ctx context.Context, conn *pgx.Conn, plan probePlan, p
 		return nil, errPartitionsChanged
 	}
 	for j, fp := range plan.filtered {
-		var rows []caught
 		if catchUp != nil {
-			rows = catchUp[j]
-		}
-		if len(rows) == catchUpLimit {
-			// More rows than a catch-up reads were committed there since:
-			// the filter is built again from the partition, and this time
-			// the partition is probed by id.
-			s.dropFilter(fp.part.oid, fp.f)
-			if err := s.probePartition(ctx, conn, fp.part, plan.params[:3], addFound); err != nil {
-				return nil, err
-			}
-			continue
-		}
-		for _, r := range rows {
-			fp.f.add(filterHash(r.id))
-			if _, ok := probed[r.id]; ok {
-				addFound(r.id, r.at)
+			for _, r := range catchUp[j] {
+				fp.f.add(filterHash(r.id))
+				if _, ok := probed[r.id]; ok {
+					addFound(r.id, r.at)
+				}
 			}
 		}
-		fp.f.raise(xmin)
+		fp.f.advance(snap)
 	}
 	return found, nil
-}
-
-// probePartition looks up the ids of params ($1, between $2 and $3) in p
-// alone, by its primary key.
-func (s *Store) probePartition(ctx context.Context, conn *pgx.Conn, p Partition, params [][]byte, add func([16]byte, time.Time)) error {
-	t := pgx.Identifier{p.schema, p.Name}.Sanitize()
-	binaryFormat := []int16{pgx.BinaryFormatCode, pgx.BinaryFormatCode, pgx.BinaryFormatCode}
-	rr := conn.PgConn().ExecParams(ctx, "SELECT id, created_at FROM ONLY "+t+" WHERE id = ANY($1::uuid[]) AND created_at >= $2 AND created_at <= $3",
-		params, nil, binaryFormat, binaryFormat[:2])
-	for rr.NextRow() {
-		if v := rr.Values(); len(v) == 2 && len(v[0]) == 16 && len(v[1]) == 8 {
-			add([16]byte(v[0]), pgTime(v[1]))
-		}
-	}
-	_, err := rr.Close()
-	return err
 }
 
 // pgTime is a timestamptz in binary.
